@@ -1,0 +1,188 @@
+"""`CausalDiT`: the Wan2.1-compatible block-causal diffusion transformer (Flax linen).
+
+Entry points (all through `model.apply`):
+  * `__call__(latents, t, context, mode=...)`: full-sequence forward, `mode` in
+    {"causal", "bidirectional"}; with `clean_latents` the teacher-forcing [clean | noisy] layout.
+  * `forward_chunk(latents, t, context, kv_context, frame_offset)`: ONE chunk against a given KV
+    context (pre-RoPE keys + positions + validity), returning the chunk's output and its own per-layer
+    pre-RoPE K/V (and optionally per-token saliency). The sparse cache builds on it.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from blockvid_jax.models import rope
+from blockvid_jax.models.attention import block_causal_mask, teacher_forcing_mask
+from blockvid_jax.models.block import Block, modulate
+from blockvid_jax.models.embeddings import (TextEmbedding, TimeEmbedding, dense, layer_norm,
+                                            patchify, unpatchify)
+from blockvid_jax.models.spec import ConfigError, DiTSpec
+from blockvid_jax.typing import Array
+
+MODES = ("causal", "bidirectional")
+
+
+@struct.dataclass
+class KVContext:
+  """Keys/values of earlier tokens that a chunk attends to (per layer, stored before RoPE)."""
+  k: Array          # [K, B, S, N, H]
+  v: Array          # [K, B, S, N, H]
+  positions: Array  # [B, S, 3] int32 (frame, row, col)
+  mask: Array       # [B, S] bool, True = valid
+
+  @classmethod
+  def empty(cls, spec: DiTSpec, batch: int, dtype=jnp.float32) -> "KVContext":
+    shape = (spec.num_layers, batch, 0, spec.num_heads, spec.head_dim)
+    return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+               positions=jnp.zeros((batch, 0, 3), jnp.int32), mask=jnp.zeros((batch, 0), bool))
+
+
+@struct.dataclass
+class ChunkKV:
+  """What a chunk forward returns about its own tokens."""
+  k: Array                   # [K, B, L, N, H] pre-RoPE keys
+  v: Array                   # [K, B, L, N, H]
+  positions: Array           # [B, L, 3] int32
+  saliency: Optional[Array]  # [K, B, L] attention mass each key receives from the chunk's queries
+
+
+_REMAT = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def _chunk_ids(num_frames: int, frames_per_chunk: int, tokens_per_frame: int) -> Array:
+  """Chunk id of every token of a frame-major sequence: [F*P] int32."""
+  return jnp.repeat(jnp.arange(num_frames) // frames_per_chunk, tokens_per_frame).astype(jnp.int32)
+
+
+class CausalDiT(nn.Module):
+  """Wan2.1 DiT with block-causal attention over chunks of `spec.frames_per_chunk` latent frames."""
+  spec: DiTSpec
+
+  # ------------------------------------------------------------------ public entry points
+  def __call__(self, latents: Array, t: Array, context: Array, *, mode: str = "causal",
+               clean_latents: Optional[Array] = None, clean_t: Optional[Array] = None) -> Array:
+    """latents [B, F, H, W, C], t [B, F] in [0, 1], context [B, T, E] -> flow prediction [B, F, H, W, C].
+
+    With `clean_latents` (same shape as latents) the sequence is [clean | noisy], both halves at
+    frame positions 0..F-1, clean tokens at timestep `clean_t` (default 0) — teacher forcing.
+    """
+    s = self.spec
+    if mode not in MODES:
+      raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
+    self._check_inputs(latents, t, context)
+    b, f = latents.shape[:2]
+    fp, x, y = self._grid(latents.shape)
+    fpc = s.frames_per_chunk // s.patch_size[0]
+    pos = rope.grid_positions(fp, x, y)[None]                                # [1, L, 3]
+    chunk = _chunk_ids(fp, fpc, x * y)                                       # [L]
+    if clean_latents is None:
+      mask = None if mode == "bidirectional" else block_causal_mask(chunk, chunk)[None]
+      out, _ = self._forward(latents, t, context, pos, mask)
+      return out
+    if mode != "causal":
+      raise ConfigError("teacher forcing (clean_latents) needs mode='causal'")
+    if clean_latents.shape != latents.shape:
+      raise ConfigError(f"clean_latents shape {clean_latents.shape} != latents shape {latents.shape}")
+    if clean_t is None:
+      clean_t = jnp.zeros_like(t)
+    both = jnp.concatenate([clean_latents, latents], axis=1)                # [B, 2F, H, W, C]
+    t_both = jnp.concatenate([jnp.broadcast_to(clean_t, t.shape), t], axis=1)  # [B, 2F]
+    pos2 = jnp.concatenate([pos, pos], axis=1)                              # [1, 2L, 3]
+    mask = teacher_forcing_mask(chunk)[None]                                # [1, 2L, 2L]
+    out, _ = self._forward(both, t_both, context, pos2, mask)
+    return out[:, f:]                                                        # [B, F, H, W, C]
+
+  def forward_chunk(self, latents: Array, t: Array, context: Array, kv_context: KVContext,
+                    frame_offset, *, collect_saliency: bool = False) -> tuple[Array, ChunkKV]:
+    """One chunk against a KV context.
+
+    latents [B, Fc, H, W, C] (Fc a multiple of frames_per_chunk; chunks inside are block-causal),
+    t [B, Fc], context [B, T, E], kv_context: `KVContext` with S slots, frame_offset: int or [B]
+    int array, the RoPE frame position of the chunk's first latent frame.
+    Returns (flow prediction [B, Fc, H, W, C], ChunkKV of the chunk's own tokens).
+    """
+    s = self.spec
+    self._check_inputs(latents, t, context)
+    b = latents.shape[0]
+    fp, x, y = self._grid(latents.shape)
+    fpc = s.frames_per_chunk // s.patch_size[0]
+    off = jnp.broadcast_to(jnp.asarray(frame_offset, jnp.int32), (b,))       # [B]
+    pos = rope.grid_positions(fp, x, y)[None] + (off[:, None, None] * jnp.array([1, 0, 0], jnp.int32))
+    chunk = _chunk_ids(fp, fpc, x * y)                                       # [L]
+    intra = jnp.broadcast_to(block_causal_mask(chunk, chunk)[None], (b,) + (chunk.size,) * 2)
+    ctx_mask = jnp.broadcast_to(kv_context.mask[:, None, :], (b, chunk.size, kv_context.mask.shape[1]))
+    mask = jnp.concatenate([ctx_mask, intra], axis=-1)                       # [B, L, S+L]
+    out, ys = self._forward(latents, t, context, pos, mask, kv_context=kv_context,
+                            collect_kv=True, collect_saliency=collect_saliency)
+    kv = ChunkKV(k=ys["k"], v=ys["v"], positions=pos,
+                 saliency=ys.get("saliency") if collect_saliency else None)
+    return out, kv
+
+  # ------------------------------------------------------------------ internals
+  def _grid(self, shape) -> tuple[int, int, int]:
+    pt, ph, pw = self.spec.patch_size
+    return shape[1] // pt, shape[2] // ph, shape[3] // pw
+
+  def _check_inputs(self, latents, t, context):
+    s = self.spec
+    s.check_latents(latents.shape)
+    b, f = latents.shape[:2]
+    if t.shape != (b, f):
+      raise ConfigError(f"t must be [B, F] = {(b, f)} (one flow time per latent frame), got {t.shape}")
+    if context.ndim != 3 or context.shape[0] != b or context.shape[2] != s.text_dim:
+      raise ConfigError(f"context must be [B={b}, T, text_dim={s.text_dim}], got {context.shape}")
+    if f % s.frames_per_chunk:
+      raise ConfigError(f"{f} latent frames is not a multiple of frames_per_chunk="
+                        f"{s.frames_per_chunk}")
+
+  @nn.compact
+  def _forward(self, latents, t, context, positions, mask, kv_context: Optional[KVContext] = None,
+               collect_kv: bool = False, collect_saliency: bool = False):
+    s = self.spec
+    dt, pdt = s.compute_dtype, s.weight_dtype
+    pt = s.patch_size[0]
+    tokens = patchify(latents, s.patch_size)                                 # [B, F', X, Y, pC]
+    b, fp, gx, gy, _ = tokens.shape
+    p = gx * gy
+    x = dense(s.dim, ("patch", "embed"), dt, pdt, "patch_embedding")(tokens.astype(dt))
+    x = x.astype(jnp.float32).reshape(b, fp * p, s.dim)                      # [B, L, D]
+    e, e0 = TimeEmbedding(s.dim, s.freq_dim, pdt, name="time_embedding")(t[:, ::pt])  # [B,F',D], [B,F',6,D]
+    text = TextEmbedding(s.dim, dt, pdt, name="text_embedding")(context)   # [B, T, D]
+
+    cos, sin = rope.angles(positions, s.head_dim, s.rope_theta)             # [B|1, L, H/2]
+    shared = dict(e0=e0, text=text, cos=cos, sin=sin, mask=mask)
+    layer_ctx = None
+    if kv_context is not None:
+      shared["ctx_cos"], shared["ctx_sin"] = rope.angles(kv_context.positions, s.head_dim,
+                                                         s.rope_theta)      # [B, S, H/2]
+      layer_ctx = dict(k=kv_context.k, v=kv_context.v)                      # [K, B, S, N, H]
+
+    block_cls = Block
+    if s.remat_policy != "none":
+      block_cls = nn.remat(Block, policy=_REMAT[s.remat_policy], prevent_cse=False)
+    stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                    in_axes=(nn.broadcast, 0), length=s.num_layers,
+                    metadata_params={nn.PARTITION_NAME: "layers"})
+    x, ys = stack(dim=s.dim, ffn_dim=s.ffn_dim, num_heads=s.num_heads, tokens_per_frame=p,
+                  eps=s.eps, dtype=dt, param_dtype=pdt, attention_impl=s.attention_impl,
+                  collect_kv=collect_kv, collect_saliency=collect_saliency,
+                  name="blocks")(x, shared, layer_ctx)
+
+    table = self.param("head_modulation",
+                       nn.with_logical_partitioning(nn.initializers.normal(s.dim ** -0.5),
+                                                    ("mod_rows", "norm")), (2, s.dim), pdt)
+    mod = table.astype(jnp.float32) + e[:, :, None, :]                       # [B, F', 2, D]
+    h = modulate(layer_norm(x, s.eps), mod[:, :, 0], mod[:, :, 1], p)        # [B, L, D]
+    out = dense(s.patch_volume * s.out_channels, ("embed", "patch"), dt, pdt, "head")(h.astype(dt))
+    out = out.astype(jnp.float32).reshape(b, fp, gx, gy, -1)                 # [B, F', X, Y, pC]
+    return unpatchify(out, s.patch_size), ys                                 # [B, F, H, W, C]
