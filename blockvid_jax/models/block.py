@@ -34,9 +34,10 @@ def gate(y: Array, g: Array, tokens_per_frame: int) -> Array:
 class Block(nn.Module):
   """A DiT block, written for `nn.scan`: (x, shared, layer_ctx) -> (x, per-layer outputs).
 
-  shared: dict of layer-invariant arrays: e0 [B, F, 6, D], text [B, T, D], cos/sin [B, L, H/2],
-    mask [B|1, L, S+L], ctx_cos/ctx_sin [B, S, H/2] (cached mode only).
-  layer_ctx: None, or this layer's context {"k", "v"} [B, S, N, H] (pre-RoPE).
+  shared: dict of layer-invariant arrays: e0 [B, F, 6, D], text [B, T, D], cos/sin [B|1, L, H/2],
+    mask [B|1, L, L] over the block's own tokens (or None: bidirectional).
+  layer_ctx: None, or this layer's context: k, v [B, S, N, H] (pre-RoPE), mask [B, S] (valid slots),
+    cos/sin [B, S, H/2] (RoPE angles of the slots' positions).
   Returns x [B, L, D] and, when `collect_kv`, {"k", "v"} [B, L, N, H] (+ "saliency" [B, L]).
   """
   dim: int
@@ -62,13 +63,16 @@ class Block(nn.Module):
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
         mod[:, :, i] for i in range(6))                                # each [B, F, D]
 
-    ctx = None
-    if layer_ctx is not None:
-      ctx = dict(k=layer_ctx["k"], v=layer_ctx["v"], cos=shared["ctx_cos"], sin=shared["ctx_sin"])
+    mask, ctx = shared["mask"], layer_ctx
+    if ctx is not None:  # [B, L, S] context validity next to the block's own mask [B|1, L, L]
+      n_q = x.shape[1]
+      ctx_mask = jnp.broadcast_to(ctx["mask"][:, None, :], (x.shape[0], n_q, ctx["mask"].shape[1]))
+      own = jnp.broadcast_to(mask, (x.shape[0], n_q, n_q))
+      mask = jnp.concatenate([ctx_mask, own], axis=-1)                 # [B, L, S+L]
     h = modulate(layer_norm(x, self.eps), shift_msa, scale_msa, p).astype(dt)
     y, k, v, saliency = SelfAttention(self.dim, self.num_heads, self.eps, dt, pdt,
                                       self.attention_impl, name="self_attn")(
-        h, shared["cos"], shared["sin"], shared["mask"], ctx,
+        h, shared["cos"], shared["sin"], mask, ctx,
         return_saliency=self.collect_saliency)
     x = x + gate(y, gate_msa, p)                                       # [B, L, D]
 

@@ -30,11 +30,23 @@ MODES = ("causal", "bidirectional")
 
 @struct.dataclass
 class KVContext:
-  """Keys/values of earlier tokens that a chunk attends to (per layer, stored before RoPE)."""
+  """Keys/values of earlier tokens that a chunk attends to (per layer, stored before RoPE).
+
+  `positions` and `mask` may be shared by all layers ([B, S, ...]) or per layer ([K, B, S, ...],
+  e.g. a sparse bank whose salient tokens differ per layer).
+  """
   k: Array          # [K, B, S, N, H]
   v: Array          # [K, B, S, N, H]
-  positions: Array  # [B, S, 3] int32 (frame, row, col)
-  mask: Array       # [B, S] bool, True = valid
+  positions: Array  # [B, S, 3] or [K, B, S, 3] int32 (frame, row, col)
+  mask: Array       # [B, S] or [K, B, S] bool, True = valid
+
+  def per_layer(self) -> "KVContext":
+    """Positions [K, B, S, 3] and mask [K, B, S] (broadcast over layers if shared)."""
+    k = self.k.shape[0]
+    pos = self.positions if self.positions.ndim == 4 else jnp.broadcast_to(
+        self.positions[None], (k,) + self.positions.shape)
+    mask = self.mask if self.mask.ndim == 3 else jnp.broadcast_to(self.mask[None], (k,) + self.mask.shape)
+    return self.replace(positions=pos, mask=mask)
 
   @classmethod
   def empty(cls, spec: DiTSpec, batch: int, dtype=jnp.float32) -> "KVContext":
@@ -104,7 +116,7 @@ class CausalDiT(nn.Module):
 
   def forward_chunk(self, latents: Array, t: Array, context: Array, kv_context: KVContext,
                     frame_offset, *, collect_saliency: bool = False) -> tuple[Array, ChunkKV]:
-    """One chunk against a KV context.
+    """One chunk against a KV context (tokens of a chunk see the valid context slots).
 
     latents [B, Fc, H, W, C] (Fc a multiple of frames_per_chunk; chunks inside are block-causal),
     t [B, Fc], context [B, T, E], kv_context: `KVContext` with S slots, frame_offset: int or [B]
@@ -119,10 +131,8 @@ class CausalDiT(nn.Module):
     off = jnp.broadcast_to(jnp.asarray(frame_offset, jnp.int32), (b,))       # [B]
     pos = rope.grid_positions(fp, x, y)[None] + (off[:, None, None] * jnp.array([1, 0, 0], jnp.int32))
     chunk = _chunk_ids(fp, fpc, x * y)                                       # [L]
-    intra = jnp.broadcast_to(block_causal_mask(chunk, chunk)[None], (b,) + (chunk.size,) * 2)
-    ctx_mask = jnp.broadcast_to(kv_context.mask[:, None, :], (b, chunk.size, kv_context.mask.shape[1]))
-    mask = jnp.concatenate([ctx_mask, intra], axis=-1)                       # [B, L, S+L]
-    out, ys = self._forward(latents, t, context, pos, mask, kv_context=kv_context,
+    intra = block_causal_mask(chunk, chunk)[None]                            # [1, L, L]
+    out, ys = self._forward(latents, t, context, pos, intra, kv_context=kv_context.per_layer(),
                             collect_kv=True, collect_saliency=collect_saliency)
     kv = ChunkKV(k=ys["k"], v=ys["v"], positions=pos,
                  saliency=ys.get("saliency") if collect_saliency else None)
@@ -162,10 +172,10 @@ class CausalDiT(nn.Module):
     cos, sin = rope.angles(positions, s.head_dim, s.rope_theta)             # [B|1, L, H/2]
     shared = dict(e0=e0, text=text, cos=cos, sin=sin, mask=mask)
     layer_ctx = None
-    if kv_context is not None:
-      shared["ctx_cos"], shared["ctx_sin"] = rope.angles(kv_context.positions, s.head_dim,
-                                                         s.rope_theta)      # [B, S, H/2]
-      layer_ctx = dict(k=kv_context.k, v=kv_context.v)                      # [K, B, S, N, H]
+    if kv_context is not None:  # per-layer context, scanned with the layers
+      cos_c, sin_c = rope.angles(kv_context.positions, s.head_dim, s.rope_theta)  # [K, B, S, H/2]
+      layer_ctx = dict(k=kv_context.k, v=kv_context.v, mask=kv_context.mask,  # [K, B, S, (N, H)]
+                       cos=cos_c, sin=sin_c)
 
     block_cls = Block
     if s.remat_policy != "none":

@@ -1,0 +1,88 @@
+"""The base experiment config (every field with its default and a one-line comment) and validation.
+
+`configs/*.py` start from `base_config()` and override; entry points call `validate(config)` which
+raises `ConfigError` with one line naming the field. Library modules never read the config: the CLI
+turns it into typed specs (`DiTSpec.from_config(config.model)`, `CacheSpec.from_config(...)`).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from blockvid_jax.models.spec import ConfigError, DiTSpec
+from blockvid_jax.parallel.axes import MESH_AXES
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0                              # global seed (params, data order, sampling noise)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = "tiny"                 # tiny | small | wan_1_3b | wan_14b; fields below override
+  c.model.frames_per_chunk = 3            # latent frames per causal chunk (DESIGN 10)
+  c.model.dtype = "float32"               # matmul compute dtype (float32 | bfloat16)
+  c.model.remat_policy = "none"           # none | full | dots | dots_no_batch
+  c.model.attention_impl = "xla"          # xla | fused (cuDNN flash attention on GPU)
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1                        # data-parallel axis (-1: all remaining devices)
+  c.mesh.fsdp = 1                         # parameter-sharded data parallel axis
+  c.mesh.context = 1                      # sequence (token) axis
+  c.mesh.tensor = 1                       # heads / MLP axis
+  c.mesh.rules = ml_collections.ConfigDict()  # overrides of parallel.axes.LOGICAL_RULES (name -> axis)
+
+  c.video = ml_collections.ConfigDict()
+  c.video.latent_height = 16              # latent rows (toy autoencoder: pixels / 2)
+  c.video.latent_width = 16               # latent cols
+  c.video.fps = 8                         # frames per second of written videos
+
+  c.text = ml_collections.ConfigDict()
+  c.text.encoder = "toy"                  # toy (built-in) | umt5 (user weights; not in this release)
+  c.text.max_len = 16                     # text tokens T per prompt
+
+  c.autoencoder = ml_collections.ConfigDict()
+  c.autoencoder.kind = "toy"              # toy space-to-depth (exact) | wan_vae (user weights)
+  c.autoencoder.factor = 2                # toy space-to-depth factor (pixels per latent side)
+
+  c.cache = ml_collections.ConfigDict()
+  c.cache.mode = "sparse"                 # sparse (semantic bank) | window (sink+local) | full
+  c.cache.sink_chunks = 1                 # dense chunks kept from the start (0: no sink)
+  c.cache.local_chunks = 1                # dense ring buffer of the most recent chunks
+  c.cache.bank_slots = 8                  # semantic bank entries (fixed size)
+  c.cache.k_salient = 32                  # salient tokens kept per bank entry
+  c.cache.retrieve_top_l = 2              # bank entries attended per chunk (paper: 2)
+  c.cache.tau = 1.0                       # cumulative saliency-mass cut inside k (1.0: off; paper .97)
+  c.cache.eviction = "least_retrieved"    # fifo | least_retrieved | redundant
+  c.cache.usage_decay = 0.9               # decay of retrieval counts (least_retrieved)
+  c.cache.positions = "compact"           # compact (bounded RoPE) | absolute (original frames)
+  c.cache.max_chunks = 64                 # capacity of `full` mode (chunks)
+  c.cache.context_t = 0.0                 # flow time of the commit pass that writes the cache
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.num_chunks = 8                 # chunks to generate
+  c.sample.solver = "dmd"                 # dmd (few-step x0 + re-noise) | euler (multi-step + CFG)
+  c.sample.timesteps = (1000, 750, 500, 250)  # dmd steps on the 0..1000 scale before the shift
+  c.sample.num_steps = 20                 # euler steps
+  c.sample.shift = 5.0                    # flow timestep shift
+  c.sample.guidance = 1.0                 # classifier-free guidance scale (euler; 1 = off)
+  c.sample.shuffle = True                 # noise shuffling across chunk boundaries
+  c.sample.shuffle_window = 4             # latent frames per shuffle window (DESIGN 10)
+  c.sample.shuffle_mix = 0.5              # weight of reused previous-chunk noise (0: fresh noise)
+  c.sample.chunks_per_segment = 4         # chunks per jitted scan segment (progress / streaming)
+  return c
+
+
+def validate(config: ml_collections.ConfigDict) -> DiTSpec:
+  """Checks cross-field constraints; returns the model spec. Raises ConfigError (one line)."""
+  spec = DiTSpec.from_config(config.model)
+  for axis in MESH_AXES:
+    v = config.mesh.get(axis, 1)
+    if not isinstance(v, int) or (v < 1 and v != -1):
+      raise ConfigError(f"mesh.{axis} must be a positive integer or -1, got {v!r}")
+  v = config.get("video")
+  if v is not None:
+    _, ph, pw = spec.patch_size
+    if v.latent_height % ph or v.latent_width % pw:
+      raise ConfigError(f"video.latent_height/width ({v.latent_height}, {v.latent_width}) must be "
+                        f"multiples of the patch size {spec.patch_size[1:]}")
+  return spec
