@@ -1,0 +1,1 @@
+"""Flow matching, training noise schedules, inference noise shuffling and the block rollout sampler."""
