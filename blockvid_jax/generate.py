@@ -1,0 +1,218 @@
+"""Long-video generation from a config: prompts -> per-chunk text embeddings -> rollout -> video.
+
+The library behind `python -m blockvid_jax.sample` and the Colab notebook. User mistakes raise
+`ConfigError` with one line (the CLI prints it and exits 2).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+import warnings
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from blockvid_jax import cache as kvc
+from blockvid_jax import parallel
+from blockvid_jax.config_lib import validate
+from blockvid_jax.diffusion.sampler import BlockSampler, SamplerSpec, state_logical_axes
+from blockvid_jax.models import ConfigError, DiTSpec, init_params
+from blockvid_jax.models.params import _init_boxed
+
+OUTPUT_SUFFIXES = (".mp4", ".gif", ".npy")
+
+
+def read_prompts(path: str, chunks_per_prompt: int = 1) -> list[str]:
+  """One prompt per chunk from a `.txt` (one prompt per line, each for `chunks_per_prompt` chunks)
+  or a `.json` list of {"prompt": str, "chunks": int}."""
+  if chunks_per_prompt < 1:
+    raise ConfigError(f"--chunks_per_prompt must be >= 1, got {chunks_per_prompt}")
+  if not os.path.isfile(path):
+    raise ConfigError(f"prompts file {path!r} does not exist")
+  with open(path, encoding="utf-8") as f:
+    text = f.read()
+  if path.endswith(".json"):
+    try:
+      items = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise ConfigError(f"prompts file {path!r} is not valid JSON: {e.msg} (line {e.lineno})") from None
+    if not isinstance(items, list) or not items:
+      raise ConfigError(f"prompts file {path!r} must hold a non-empty list of "
+                        '{"prompt": str, "chunks": int}')
+    out = []
+    for i, it in enumerate(items):
+      if (not isinstance(it, dict) or not isinstance(it.get("prompt"), str)
+          or not it["prompt"].strip()):
+        raise ConfigError(f"prompts file {path!r}: item {i} needs a non-empty string 'prompt'")
+      n = it.get("chunks", chunks_per_prompt)
+      if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f"prompts file {path!r}: item {i} has chunks={n!r}, need an integer >= 1")
+      out += [it["prompt"].strip()] * n
+    return out
+  if not path.endswith(".txt"):
+    raise ConfigError(f"prompts file {path!r} must end in .txt or .json")
+  lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+  if not lines:
+    raise ConfigError(f"prompts file {path!r} has no prompts")
+  return [ln for ln in lines for _ in range(chunks_per_prompt)]
+
+
+def chunk_prompts(prompts: Sequence[str], num_chunks: int) -> list[str]:
+  """The prompt of each chunk: the narrative is cycled (or cut) to `num_chunks`."""
+  if num_chunks < 1:
+    raise ConfigError(f"num_chunks must be >= 1, got {num_chunks}")
+  return [prompts[i % len(prompts)] for i in range(num_chunks)]
+
+
+def make_text_encoder(config, spec: DiTSpec):
+  """The text encoder named by `config.text.encoder` (`toy` built in)."""
+  if config.text.encoder != "toy":
+    raise ConfigError(f"text.encoder={config.text.encoder!r} needs pre-encoded embeddings; only "
+                      "'toy' encodes prompts in this release")
+  from blockvid_jax.models.text import ToyTextEncoder  # pylint: disable=import-outside-toplevel
+  return ToyTextEncoder(text_dim=spec.text_dim, max_len=config.text.max_len, seed=config.seed)
+
+
+def encode_chunks(encoder, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array]:
+  """Per-chunk prompts -> (texts [C, 1, T, E], pooled [C, 1, E]); each distinct prompt encoded once."""
+  unique = sorted(set(prompts))
+  emb, _, pooled = encoder.encode(unique)
+  row = {p: i for i, p in enumerate(unique)}
+  idx = np.asarray([row[p] for p in prompts])
+  return emb[idx][:, None], pooled[idx][:, None]
+
+
+def build_sampler(config) -> tuple[DiTSpec, BlockSampler]:
+  spec = validate(config)
+  hw = (config.video.latent_height, config.video.latent_width)
+  tokens = (spec.frames_per_chunk // spec.patch_size[0]) * (hw[0] // spec.patch_size[1]) * (
+      hw[1] // spec.patch_size[2])
+  cspec = kvc.CacheSpec.from_config(
+      config.cache, num_layers=spec.num_layers, num_heads=spec.num_heads, head_dim=spec.head_dim,
+      tokens_per_chunk=tokens, frames_per_chunk=spec.frames_per_chunk // spec.patch_size[0],
+      embed_dim=spec.text_dim)
+  sspec = SamplerSpec.from_config(config.sample, context_t=config.cache.context_t)
+  return spec, BlockSampler(spec, cspec, sspec, hw)
+
+
+def load_or_init(config, spec: DiTSpec, checkpoint: Optional[str], warn: Callable[[str], None]):
+  """Params from a params checkpoint directory, or a random init (with a warning)."""
+  if checkpoint:
+    from blockvid_jax import checkpoints  # pylint: disable=import-outside-toplevel
+    try:
+      _, params = checkpoints.load_params(checkpoint, spec)
+    except checkpoints.CheckpointError as e:
+      raise ConfigError(str(e)) from None
+    return params
+  warn("no --checkpoint given: sampling from a RANDOMLY INITIALISED model (expect noise-like video)")
+  return init_params(spec, jax.random.key(config.seed))
+
+
+def sharded_segment_fn(sampler: BlockSampler, spec: DiTSpec, mesh, batch: int):
+  """Segment fn with NamedShardings for params (logical rules) and the donated rollout state."""
+  rules = parallel.LOGICAL_RULES
+  dp = mesh.shape["data"] * mesh.shape["fsdp"]
+  if batch % dp:  # a batch that does not split over the data axes is replicated
+    rules = parallel.rules_from_config({"cache_batch": None, "activation_batch": None})
+  abstract = jax.eval_shape(functools.partial(_init_boxed, spec), jax.random.key(0))
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  p_sh = parallel.logical_to_sharding(nn.get_partition_spec(abstract), mesh, rules)
+  state = jax.eval_shape(functools.partial(sampler.init_state, batch), jax.random.key(0))
+  axes = state_logical_axes(state)
+  s_sh = jax.tree_util.tree_map(lambda a: parallel.named(mesh, *a, rules=rules), axes,
+                                is_leaf=lambda x: isinstance(x, tuple))
+  out_sh = parallel.named(mesh, None, "activation_batch", None, None, None, None, rules=rules)
+  fn = sampler.make_segment_fn(s_sh, p_sh, out_sh)
+
+  def call(*args):
+    with parallel.activation_rules(mesh, rules):
+      return fn(*args)
+  return call, p_sh
+
+
+class Progress:
+  """A one-line progress bar on stderr with chunks/s (compile time excluded after the first)."""
+
+  def __init__(self, total: int, stream=sys.stderr):
+    self.total, self.stream, self.start = total, stream, time.perf_counter()
+
+  def update(self, done: int):
+    now = time.perf_counter()
+    rate = done / max(now - self.start, 1e-9)  # includes compilation: the honest wall-clock rate
+    bar = "#" * int(30 * done / self.total)
+    self.stream.write(f"\rchunk {done}/{self.total} [{bar:<30}] {rate:6.2f} chunks/s")
+    if done == self.total:
+      self.stream.write(f"  ({now - self.start:.1f}s)\n")
+    self.stream.flush()
+
+
+def generate(config, prompts: Sequence[str], num_chunks: int, seed: int, params=None,
+             checkpoint: Optional[str] = None, progress: bool = True,
+             warn: Callable[[str], None] = lambda m: print(f"warning: {m}", file=sys.stderr)):
+  """Samples one video. Returns (latents [1, C*Fc, X, Y, 16], pixels uint8 [C*Fc, H, W, 3] or None)."""
+  per_chunk = chunk_prompts(prompts, num_chunks)
+  spec, sampler = build_sampler(config)
+  if params is None:
+    params = load_or_init(config, spec, checkpoint, warn)
+  texts, pooled = encode_chunks(make_text_encoder(config, spec), per_chunk)
+  null_text, _ = encode_chunks(make_text_encoder(config, spec), [""])
+  segment_fn = None
+  if jax.device_count() > 1:
+    mesh = parallel.make_mesh(dict(data=config.mesh.data, fsdp=config.mesh.fsdp,
+                                   context=config.mesh.context, tensor=config.mesh.tensor))
+    segment_fn, p_sh = sharded_segment_fn(sampler, spec, mesh, batch=1)
+    params = jax.device_put(params, p_sh)
+  bar = Progress(num_chunks) if progress else None
+  chunks = []
+  for i, x in sampler.stream(params, texts, pooled, jax.random.key(seed), null_text=null_text[0],
+                             segment_fn=segment_fn):
+    chunks.append(np.asarray(x))
+    if bar:
+      bar.update(i + 1)
+  latents = np.concatenate(chunks, axis=1)                                  # [1, C*Fc, X, Y, 16]
+  return latents, decode_pixels(config, latents)
+
+
+def decode_pixels(config, latents: np.ndarray) -> Optional[np.ndarray]:
+  """Latents -> uint8 frames [T, H, W, 3] with the configured autoencoder (None if not built in)."""
+  if config.autoencoder.kind != "toy":
+    return None
+  from blockvid_jax.models.toy_autoencoder import decode  # pylint: disable=import-outside-toplevel
+  pix = np.asarray(decode(jnp.asarray(latents), config.autoencoder.factor))[0]  # [T, H, W, 3]
+  return np.clip(np.round((pix + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def check_output_path(path: str) -> str:
+  suffix = os.path.splitext(path)[1].lower()
+  if suffix not in OUTPUT_SUFFIXES:
+    raise ConfigError(f"--out must end in one of {OUTPUT_SUFFIXES}, got {path!r}")
+  if os.path.isdir(path):
+    raise ConfigError(f"--out {path!r} is a directory")
+  return suffix
+
+
+def save_output(path: str, latents: np.ndarray, pixels: Optional[np.ndarray], fps: int) -> str:
+  """Writes `.npy` latents or a `.mp4`/`.gif` video atomically (nothing partial on failure)."""
+  suffix = check_output_path(path)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  if suffix == ".npy":
+    tmp = path + ".tmp.npy"
+    try:
+      np.save(tmp, latents)
+      os.replace(tmp, path)
+    finally:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+    return path
+  if pixels is None:
+    raise ConfigError("this autoencoder cannot decode here; write the latents with --out FILE.npy")
+  from blockvid_jax.video_io import write_video  # pylint: disable=import-outside-toplevel
+  with warnings.catch_warnings():  # ffmpeg runs as a subprocess; JAX warns on any fork
+    warnings.filterwarnings("ignore", message="os.fork()")
+    return str(write_video(path, pixels, fps=fps))
