@@ -29,7 +29,9 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   from blockvid_jax import generate  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.parallel.distributed import maybe_initialize  # pylint: disable=import-outside-toplevel
   from blockvid_jax.models import ConfigError  # pylint: disable=import-outside-toplevel
+  maybe_initialize()
   config = _CONFIG.value
   try:
     if config is None:

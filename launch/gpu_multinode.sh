@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Launch blockvid_jax on GPU hosts: run this script on EVERY host with the same arguments.
+#
+#   COORDINATOR=host0:1234 NUM_PROCESSES=2 PROCESS_ID=0 launch/gpu_multinode.sh train \
+#       --config configs/wan_1_3b_causal.py --workdir /shared/run1
+#
+# A single host needs none of the variables (all local GPUs form the mesh). Under SLURM,
+# jax.distributed.initialize() reads the SLURM variables itself: set BLOCKVID_DISTRIBUTED=1 only.
+set -euo pipefail
+if [[ $# -lt 1 ]]; then
+  echo "usage: $0 (train|sample|evaluate) [ARGS...]" >&2
+  exit 2
+fi
+cmd="$1"; shift
+case "$cmd" in train|sample|evaluate) ;; *) echo "error: unknown command $cmd" >&2; exit 2;; esac
+export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}"
+if [[ -n "${COORDINATOR:-}" ]]; then
+  export BLOCKVID_DISTRIBUTED=1
+  export JAX_COORDINATOR_ADDRESS="$COORDINATOR" JAX_NUM_PROCESSES="${NUM_PROCESSES:?}" \
+         JAX_PROCESS_ID="${PROCESS_ID:?}"
+fi
+exec python3 -m "blockvid_jax.$cmd" "$@"
