@@ -1,0 +1,14 @@
+"""PyTorch checkpoint conversion: Wan2.1 / Diffusers / Self Forcing DiT weights -> Flax params.
+
+    spec, params = load_pytorch_dit("Wan2.1-T2V-1.3B/")          # Python
+    python -m blockvid_jax.convert --src PATH --out DIR          # CLI, writes a params checkpoint
+
+See `readers` (files), `keymaps` (names and layouts), `spec_infer` (the DiTSpec from shapes and
+config.json) and `loader` (the strict conversion).
+"""
+
+from blockvid_jax.convert.errors import ConvertError
+from blockvid_jax.convert.keymaps import FORMATS
+from blockvid_jax.convert.loader import Converted, convert_pytorch_dit, load_pytorch_dit
+
+__all__ = ["ConvertError", "Converted", "FORMATS", "convert_pytorch_dit", "load_pytorch_dit"]
