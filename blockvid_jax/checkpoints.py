@@ -27,7 +27,6 @@ from blockvid_jax.models.spec import DiTSpec
 SPEC_FILE = "spec.json"
 PARAMS_DIR = "params"
 # Spec fields that choose how the model runs, not what it is: they may differ from the stored spec.
-# Spec fields that do not change the weights: they may differ between a checkpoint and its user.
 RUNTIME_FIELDS = ("dtype", "param_dtype", "remat_policy", "attention_impl", "frames_per_chunk")
 
 
