@@ -67,6 +67,20 @@ def _split_heads(x: Array, num_heads: int) -> Array:
   return x.reshape(*x.shape[:-1], num_heads, x.shape[-1] // num_heads)  # [B, L, N, H]
 
 
+def _project_qkv(mod: nn.Module, x: Array, kv_src: Array) -> tuple[Array, Array, Array]:
+  """q from x [B, L, D], k/v from kv_src [B, S, D]: Linear, RMSNorm over D on q and k, head split.
+
+  Called inside `mod`'s compact method, so the projections are `mod`'s submodules q/k/v/norm_q/norm_k.
+  """
+  d, dt, pdt = mod.dim, mod.dtype, mod.param_dtype
+  q = dense(d, ("embed", "heads"), dt, pdt, "q")(x)                          # [B, L, D]
+  k = dense(d, ("embed", "heads"), dt, pdt, "k")(kv_src)                     # [B, S, D]
+  v = dense(d, ("embed", "heads"), dt, pdt, "v")(kv_src)                     # [B, S, D]
+  q = RMSNorm(mod.eps, pdt, name="norm_q")(q)
+  k = RMSNorm(mod.eps, pdt, name="norm_k")(k)
+  return tuple(_split_heads(a, mod.num_heads) for a in (q, k, v))          # [B, *, N, H]
+
+
 class SelfAttention(nn.Module):
   """Self-attention with q/k RMSNorm and 3D RoPE, attending to [context | own tokens].
 
@@ -83,13 +97,8 @@ class SelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x, cos, sin, mask, ctx=None, return_saliency: bool = False):
-    d, n = self.dim, self.num_heads
-    q = dense(d, ("embed", "heads"), self.dtype, self.param_dtype, "q")(x)   # [B, L, D]
-    k = dense(d, ("embed", "heads"), self.dtype, self.param_dtype, "k")(x)
-    v = dense(d, ("embed", "heads"), self.dtype, self.param_dtype, "v")(x)
-    q = RMSNorm(self.eps, self.param_dtype, name="norm_q")(q)
-    k = RMSNorm(self.eps, self.param_dtype, name="norm_k")(k)
-    q, k, v = (_split_heads(a, n) for a in (q, k, v))                       # [B, L, N, H]
+    d = self.dim
+    q, k, v = _project_qkv(self, x, x)                                      # [B, L, N, H]
     q_r = rope.apply_rope(q, cos, sin)
     k_r = rope.apply_rope(k, cos, sin)
     if ctx is not None:
@@ -116,13 +125,8 @@ class CrossAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, text: Array) -> Array:
-    d, n = self.dim, self.num_heads
-    q = dense(d, ("embed", "heads"), self.dtype, self.param_dtype, "q")(x)      # [B, L, D]
-    k = dense(d, ("embed", "heads"), self.dtype, self.param_dtype, "k")(text)   # [B, T, D]
-    v = dense(d, ("embed", "heads"), self.dtype, self.param_dtype, "v")(text)   # [B, T, D]
-    q = RMSNorm(self.eps, self.param_dtype, name="norm_q")(q)
-    k = RMSNorm(self.eps, self.param_dtype, name="norm_k")(k)
-    q, k, v = (_split_heads(a, n) for a in (q, k, v))
+    d = self.dim
+    q, k, v = _project_qkv(self, x, text)                          # [B, L|T, N, H]
     out, _ = attend(q, k, v, None, self.impl)                                   # [B, L, N, H]
     out = out.reshape(*out.shape[:2], d)                                        # [B, L, D]
     return dense(d, ("heads", "embed"), self.dtype, self.param_dtype, "o")(out)
