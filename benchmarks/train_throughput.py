@@ -1,0 +1,109 @@
+"""Training throughput on CPU: tokens/s of the jitted causal train step and peak RSS, per model.
+
+Models: the `tiny` and `small` presets (D 512, 8 layers) and the `toy_cpu` config's model. Each
+runs in its own subprocess (so peak RSS is per model), one CPU device, synthetic batches of 16x16
+latents (64 tokens per frame), a window of `--chunks` chunks of 3 frames with one caption embedding
+per chunk (the per-chunk causal rollout of `training.steps`), AdamW + clipping + EMA, the state
+donated. tokens/s = batch x frames x tokens per frame / median step time (after 2 warm-up steps).
+
+  python benchmarks/train_throughput.py [--models tiny,small,toy_cpu] [--batch 4] [--chunks 2]
+Writes benchmarks/results/train_throughput.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_model(name: str, batch: int, chunks: int, steps_n: int) -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
+  from blockvid_jax import parallel  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.models import DiTSpec, count_params  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.training import optim, state as state_lib, steps  # pylint: disable=import-outside-toplevel
+  jax.config.update("jax_threefry_partitionable", True)
+  if name == "toy_cpu":
+    sys.path.insert(0, os.path.join(HERE, "..", "configs"))
+    import toy_cpu  # pylint: disable=import-outside-toplevel
+    from blockvid_jax.training.config import validate_train  # pylint: disable=import-outside-toplevel
+    spec = validate_train(toy_cpu.get_config())
+  else:
+    spec = DiTSpec.preset(name)
+  hw, t_len, fpc = 16, 16, spec.frames_per_chunk
+  frames = chunks * fpc
+  tokens = batch * frames * (hw // spec.patch_size[1]) * (hw // spec.patch_size[2])
+  mesh = parallel.make_mesh({"data": 1})
+  tx, schedule = optim.make_optimizer(learning_rate=1e-4, total_steps=1000, warmup_steps=10,
+                                      weight_decay=0.01, grad_clip=1.0)
+  state, shardings = state_lib.create_train_state(spec, tx, jax.random.key(0), mesh)
+  settings = steps.StepSettings(text_dropout=0.1, ema_decay=0.999)
+  bsh = steps.batch_shardings(mesh, 4)
+  k1, k2 = jax.random.split(jax.random.key(1))
+  batch_arrays = {
+      "latents": jax.random.normal(k1, (batch, frames, hw, hw, spec.in_channels)),
+      "context": jax.random.normal(k2, (batch, chunks, t_len, spec.text_dim)),
+      "null_context": jax.numpy.zeros((t_len, spec.text_dim))}
+  run = steps.jit_train_step(steps.make_train_step(spec, tx, schedule, settings), mesh, shardings,
+                             bsh)
+  rng = jax.random.key(2)
+  t0 = time.perf_counter()
+  with parallel.activation_rules(mesh):
+    compiled = run.jitted.lower(state, batch_arrays, rng).compile()
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(steps_n + 2):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, batch_arrays, rng)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t0)
+  step_s = statistics.median(times[2:])
+  return dict(model=name, params=count_params(state.params), batch=batch, frames=frames,
+              tokens_per_step=tokens, step_s=step_s, tokens_per_s=tokens / step_s,
+              compile_s=compile_s,
+              peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--models", default="tiny,small,toy_cpu")
+  ap.add_argument("--batch", type=int, default=4)
+  ap.add_argument("--chunks", type=int, default=2)
+  ap.add_argument("--steps", type=int, default=5)
+  ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one model
+  args = ap.parse_args()
+  if args.one:
+    print(json.dumps(run_model(args.one, args.batch, args.chunks, args.steps)))
+    return
+  rows = []
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  for name in args.models.split(","):
+    out = subprocess.run([sys.executable, __file__, "--one", name, "--batch", str(args.batch),
+                          "--chunks", str(args.chunks), "--steps", str(args.steps)],
+                         check=True, capture_output=True, text=True, env=env)
+    rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"done {name}", file=sys.stderr)
+  os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+  path = os.path.join(HERE, "results", "train_throughput.json")
+  meta = (f"causal train step, 16x16 latents (64 tokens/frame), batch {args.batch}, "
+          f"{args.chunks} chunks x 3 frames, per-chunk captions, 1 CPU device, {os.cpu_count()} cores")
+  with open(path, "w") as f:
+    json.dump(dict(config=meta, rows=rows), f, indent=2)
+  print(f"{meta}\n")
+  print("| model | params | tokens/step | step s | tokens/s | compile s | peak RSS MB |")
+  print("|---|---|---|---|---|---|---|")
+  for r in rows:
+    print(f"| {r['model']} | {r['params']:,} | {r['tokens_per_step']} | {r['step_s']:.3f} | "
+          f"{r['tokens_per_s']:.0f} | {r['compile_s']:.1f} | {r['peak_rss_mb']:.0f} |")
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  main()

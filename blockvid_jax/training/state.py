@@ -1,0 +1,72 @@
+"""`TrainState` (a pytree) and its creation directly into sharded arrays.
+
+Shapes first: `jax.eval_shape` of the boxed init gives every leaf its logical axis names (the AdamW
+moments inherit the params' boxes); `nn.get_partition_spec` -> NamedShardings on the mesh ->
+`jax.jit(init, out_shardings=...)`, so no full-size array ever sits on one device. The same
+shardings (`abstract_train_state`) are the restore target of a checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from blockvid_jax.models.params import _init_boxed
+from blockvid_jax.models.spec import DiTSpec
+from blockvid_jax.parallel import LOGICAL_RULES, activation_rules, logical_to_sharding
+from blockvid_jax.typing import Array, PyTree
+
+
+@struct.dataclass
+class TrainState:
+  """Everything a training run carries from step to step (and checkpoints)."""
+  step: Array                     # int32 [], optimizer steps taken
+  params: PyTree                  # the model params (float32)
+  opt_state: PyTree               # optax state (AdamW moments mirror `params`)
+  ema_params: Optional[PyTree]    # EMA of `params`, or None when EMA is off
+
+
+def _init_boxed_state(spec: DiTSpec, tx: optax.GradientTransformation, use_ema: bool, rng) -> TrainState:
+  params = _init_boxed(spec, rng)                            # boxed: leaves carry logical names
+  ema = jax.tree_util.tree_map(jnp.copy, params) if use_ema else None
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    ema_params=ema)
+
+
+def state_shardings(spec: DiTSpec, tx: optax.GradientTransformation, mesh,
+                    rules=LOGICAL_RULES, use_ema: bool = True) -> TrainState:
+  """NamedShardings of every leaf of the train state (a `TrainState` of shardings)."""
+  init = functools.partial(_init_boxed_state, spec, tx, use_ema)
+  abstract = jax.eval_shape(init, jax.random.key(0))
+  return logical_to_sharding(nn.get_partition_spec(abstract), mesh, rules)
+
+
+def abstract_train_state(spec: DiTSpec, tx: optax.GradientTransformation, mesh,
+                         rules=LOGICAL_RULES, use_ema: bool = True) -> TrainState:
+  """ShapeDtypeStructs with shardings: the target to restore a checkpoint into."""
+  init = functools.partial(_init_boxed_state, spec, tx, use_ema)
+  abstract = nn.unbox(jax.eval_shape(init, jax.random.key(0)))
+  shardings = state_shardings(spec, tx, mesh, rules, use_ema)
+  return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                abstract, shardings)
+
+
+def create_train_state(spec: DiTSpec, tx: optax.GradientTransformation, rng, mesh,
+                       rules=LOGICAL_RULES, use_ema: bool = True) -> tuple[TrainState, TrainState]:
+  """A fresh, sharded train state and its shardings. `rng` is a key (params init)."""
+  init = functools.partial(_init_boxed_state, spec, tx, use_ema)
+  shardings = state_shardings(spec, tx, mesh, rules, use_ema)
+  with activation_rules(mesh, rules):
+    state = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
+  return state, shardings
+
+
+def tree_norm(tree: Any) -> Array:
+  """Global L2 norm of a pytree, in float32."""
+  return optax.tree.norm(jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), tree))

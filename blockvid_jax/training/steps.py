@@ -1,0 +1,159 @@
+"""The pure training steps: `train_step(state, batch, rng) -> (state, metrics)`, and their jit.
+
+Stage `causal` (DESIGN 6): flow matching over a window of n chunks with block-causal attention, the
+chunk-wise noise schedule (`diffusion.noise`), and text dropout for classifier-free guidance. Stage
+`teacher`: the same objective with bidirectional attention (the teacher Block Forcing distils from).
+
+A batch (global arrays):
+  latents       float32 [B, F, H, W, C]   F = n * frames_per_chunk latent frames
+  context       float32 [B, Nc, T, E]     one text embedding per caption chunk (Nc divides n), or
+                        [B, T, E]         one per window
+  null_context  float32 [T, E]            the empty-prompt embedding (dropout / CFG target)
+
+Per-chunk captions: chunk c must cross-attend only to its own caption, so with a [B, Nc, T, E]
+context the causal forward runs the block-causal sequence chunk by chunk (`forward_chunk` against the
+keys/values of the earlier chunks, gradients flowing through them) - the same function as the
+full-sequence causal forward, which is used when the context is one per window. The teacher attends
+to all frames, so it gets the window's captions concatenated along T: [B, Nc * T, E].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from blockvid_jax.diffusion import flow, noise
+from blockvid_jax.models.dit import CausalDiT, KVContext
+from blockvid_jax.models.spec import DiTSpec
+from blockvid_jax.parallel import LOGICAL_RULES, activation_rules, named, replicated
+from blockvid_jax.training import losses
+from blockvid_jax.training.state import TrainState, tree_norm
+from blockvid_jax.typing import Array, PyTree
+
+STAGE_MODES = {"causal": "causal", "teacher": "bidirectional"}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+  """Static (hashable) settings of a training step."""
+  stage: str = "causal"          # causal | teacher
+  noise_kind: str = "cosine"     # see diffusion.noise.SCHEDULES
+  t_min_max: float = 1.0
+  t_max: float = 1.0
+  shift: float = 1.0
+  text_dropout: float = 0.0      # P(a caption chunk's context -> null context)
+  ema_decay: float = 0.0         # 0: no EMA
+
+  def __post_init__(self):
+    if self.stage not in STAGE_MODES:
+      raise ValueError(f"stage must be one of {sorted(STAGE_MODES)}, got {self.stage!r}")
+
+
+def dropout_context(rng: Array, context: Array, null_context: Array, p: float) -> Array:
+  """Replaces each caption chunk's context by `null_context` [T, E] with probability p.
+
+  context [B, Nc, T, E] (one draw per sample and chunk) or [B, T, E] (one draw per sample).
+  """
+  if p <= 0.0:
+    return context
+  drop = jax.random.bernoulli(rng, p, context.shape[:-2])                      # [B, Nc] or [B]
+  null = jnp.broadcast_to(null_context.astype(context.dtype), context.shape)
+  return jnp.where(drop[..., None, None], null, context)
+
+
+def predict_velocity(spec: DiTSpec, params: PyTree, x_t: Array, t: Array, context: Array,
+                     mode: str) -> Array:
+  """The model's flow prediction v for x_t [B, F, H, W, C], t [B, F] -> [B, F, H, W, C]."""
+  model = CausalDiT(spec)
+  variables = {"params": params}
+  if context.ndim == 3:                                                        # one per window
+    return model.apply(variables, x_t, t, context, mode=mode)
+  b, nc, tl, e = context.shape
+  if mode == "bidirectional":
+    return model.apply(variables, x_t, t, context.reshape(b, nc * tl, e), mode=mode)  # [B, Nc*T, E]
+  f = x_t.shape[1]
+  fc = f // nc                                                                 # frames per caption
+  kv = KVContext.empty(spec, b, spec.compute_dtype)
+  outs = []
+  for c in range(nc):
+    sl = slice(c * fc, (c + 1) * fc)
+    out, ckv = model.apply(variables, x_t[:, sl], t[:, sl], context[:, c], kv,
+                           c * fc // spec.patch_size[0], method=CausalDiT.forward_chunk)
+    outs.append(out)                                                           # [B, fc, H, W, C]
+    if c + 1 < nc:
+      kv = KVContext(k=jnp.concatenate([kv.k, ckv.k], axis=2),                 # [K, B, S+L, N, H]
+                     v=jnp.concatenate([kv.v, ckv.v], axis=2),
+                     positions=jnp.concatenate([kv.positions, ckv.positions], axis=1),  # [B, S+L, 3]
+                     mask=jnp.concatenate([kv.mask, jnp.ones(ckv.positions.shape[:2], bool)],
+                                          axis=1))                             # [B, S+L]
+  return jnp.concatenate(outs, axis=1)                                         # [B, F, H, W, C]
+
+
+def make_train_step(spec: DiTSpec, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    settings: StepSettings) -> Callable:
+  """-> the pure `train_step(state, batch, rng) -> (state, metrics)` (not jitted)."""
+  mode = STAGE_MODES[settings.stage]
+  fpc = spec.frames_per_chunk
+
+  def train_step(state: TrainState, batch: dict, rng: Array):
+    rng = jax.random.fold_in(rng, state.step)
+    k_t, k_eps, k_drop = jax.random.split(rng, 3)
+    x = batch["latents"].astype(jnp.float32)                                   # [B, F, H, W, C]
+    b, f = x.shape[:2]
+    n = f // fpc
+    t = noise.training_times(k_t, b, n, fpc, kind=settings.noise_kind, t_min_max=settings.t_min_max,
+                             t_max=settings.t_max, shift=settings.shift)      # [B, F]
+    eps = jax.random.normal(k_eps, x.shape, jnp.float32)                       # [B, F, H, W, C]
+    x_t = flow.noisy(x, eps, t)
+    target = flow.velocity_target(x, eps)
+    context = dropout_context(k_drop, batch["context"], batch["null_context"],
+                              settings.text_dropout)
+
+    def loss_fn(params):
+      v = predict_velocity(spec, params, x_t, t, context, mode)                # [B, F, H, W, C]
+      return losses.flow_matching_loss(v, target), v
+
+    (loss, v), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema_params
+    if ema is not None:
+      d = settings.ema_decay
+      ema = jax.tree_util.tree_map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+    metrics = {"loss": loss, "grad_norm": tree_norm(grads), "param_norm": tree_norm(params),
+               "lr": jnp.asarray(schedule(state.step), jnp.float32), "t_mean": jnp.mean(t)}
+    chunk_mse = losses.per_chunk_mse(jax.lax.stop_gradient(v), target, n)      # [n]
+    for c in range(n):
+      metrics[f"loss_chunk/{c}"] = chunk_mse[c]
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                           ema_params=ema)
+    return new_state, metrics
+
+  return train_step
+
+
+def batch_shardings(mesh, context_ndim: int = 4, rules=LOGICAL_RULES) -> dict:
+  """NamedShardings of a batch: split over the batch axis (data, fsdp), the null context replicated."""
+  return {
+      "latents": named(mesh, "activation_batch", None, None, None, None, rules=rules),
+      "context": named(mesh, "activation_batch", *([None] * (context_ndim - 1)), rules=rules),
+      "null_context": replicated(mesh),
+  }
+
+
+def jit_train_step(train_step: Callable, mesh, state_shardings: TrainState, batch_sharding: dict,
+                   rules=LOGICAL_RULES) -> Callable:
+  """jit with explicit in/out shardings, the state donated; traced under the activation rules."""
+  jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding, replicated(mesh)),
+                   out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)
+
+  def run(state: TrainState, batch: dict, rng: Array):
+    with activation_rules(mesh, rules):
+      return jitted(state, batch, rng)
+
+  run.jitted = jitted
+  return run
