@@ -157,6 +157,9 @@ def write_video(path: PathLike, frames, fps: float = 8, crf: int = 18) -> Path:
       _write_mp4(tmp, frames, fps, crf)
     else:
       _write_gif(tmp, frames, fps)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the user's usual mode
     os.replace(tmp, p)
   except BaseException as err:  # also Ctrl-C: never leave the temporary file behind
     if os.path.exists(tmp):

@@ -47,4 +47,6 @@ def get_config(arg: str = ""):
   c.train.checkpoint_every = 50
   c.train.sample_every = 75
   c.train.noise.kind = "cosine"           # Velocity Forcing windows use the causal stage's ramp
+  c.sample.solver = "dmd"                 # the distilled generator samples with the few-step schedule
+  c.sample.guidance = 1.0
   return c

@@ -31,6 +31,9 @@ def get_config(arg: str = ""):
   c.cache.local_chunks = 1
   c.cache.sink_chunks = 1
   c.sample.num_chunks = 8
+  c.sample.solver = "euler"          # the causal stage is a flow model: multi-step Euler + CFG
+  c.sample.num_steps = 20
+  c.sample.guidance = 3.0            # trained with text dropout (train.text_dropout)
 
   c.data.window_chunks = 4           # 12 latent frames per training window
   c.data.frames_per_chunk = 3        # = model.frames_per_chunk: one caption per model chunk
