@@ -7,6 +7,9 @@ turns it into typed specs (`DiTSpec.from_config(config.model)`, `CacheSpec.from_
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 
 from blockvid_jax.models.spec import ConfigError, DiTSpec
@@ -70,6 +73,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample.shuffle_mix = 0.5              # weight of reused previous-chunk noise (0: fresh noise)
   c.sample.chunks_per_segment = 4         # chunks per jitted scan segment (progress / streaming)
   return c
+
+
+def sibling_config(here: str, name: str, arg: str = "") -> ml_collections.ConfigDict:
+  """`get_config(arg)` of `<name>.py` in the folder of the config file `here` (configs are files,
+  not a package, so one config builds on another through this)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(here)), f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"_blockvid_configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def validate(config: ml_collections.ConfigDict) -> DiTSpec:

@@ -12,24 +12,13 @@ Geometry = `configs/toy_cpu.py`. Learning rates are toy-sized (the Wan recipe in
 `configs/wan_1_3b_block_forcing.py` uses Self Forcing's 2e-6 / 4e-7).
 """
 
-import importlib.util
-import os
-
+from blockvid_jax.config_lib import sibling_config
 from blockvid_jax.training.block_forcing_config import add_block_forcing_defaults
-
-
-def _sibling(name: str):
-  """Loads `configs/<name>.py` (configs are files, not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"_blockvid_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def get_config(arg: str = ""):
   del arg
-  c = add_block_forcing_defaults(_sibling("toy_cpu").get_config())
+  c = add_block_forcing_defaults(sibling_config(__file__, "toy_cpu"))
   b = c.train.block_forcing
   b.generator_init = "runs/toy_causal"    # the causal stage (its params_ema)
   b.teacher_init = "runs/toy_teacher"     # the bidirectional teacher (real score; critic start)

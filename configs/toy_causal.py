@@ -10,22 +10,12 @@ The model, data and cache geometry are `configs/toy_cpu.py`'s (a causal checkpoi
 block forcing generator and the teacher into the causal model).
 """
 
-import importlib.util
-import os
-
-
-def _sibling(name: str):
-  """Loads `configs/<name>.py` (configs are files, not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"_blockvid_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from blockvid_jax.config_lib import sibling_config
 
 
 def get_config(arg: str = ""):
   kind = arg or "cosine"
-  c = _sibling("toy_cpu").get_config()
+  c = sibling_config(__file__, "toy_cpu")
   c.train.stage = "causal"
   c.train.init_from = "runs/toy_teacher"  # params dir or work dir of the teacher ("" = random init)
   c.train.noise.kind = kind               # chunk-wise ramp: cosine | linear | independent | constant

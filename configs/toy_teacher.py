@@ -8,21 +8,11 @@ concatenated as its context. Samples (DIR/samples) are Euler samples of the whol
 classifier-free guidance; DIR/params_ema initialises `configs/toy_causal.py`.
 """
 
-import importlib.util
-import os
-
-
-def _sibling(name: str):
-  """Loads `configs/<name>.py` (configs are files, not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"_blockvid_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from blockvid_jax.config_lib import sibling_config
 
 
 def get_config(arg: str = ""):
-  c = _sibling("toy_cpu").get_config(arg)
+  c = sibling_config(__file__, "toy_cpu", arg)
   c.train.stage = "teacher"               # bidirectional attention over the whole window
   c.train.noise.kind = "constant"         # one t ~ U(0, t_max) per sample for every chunk
   c.sample.solver = "euler"               # teacher samples: multi-step Euler on the flow

@@ -17,24 +17,13 @@ critic updates per generator update, EMA 0.99, DMD t in [0.02, 0.98] after shift
 in their convention (cond + 3 (cond - uncond)) = 4 in ours, the 4-step schedule 1000/750/500/250.
 """
 
-import importlib.util
-import os
-
+from blockvid_jax.config_lib import sibling_config
 from blockvid_jax.training.block_forcing_config import add_block_forcing_defaults
-
-
-def _sibling(name: str):
-  """Loads `configs/<name>.py` (configs are files, not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"_blockvid_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def get_config(arg: str = ""):
   del arg
-  c = add_block_forcing_defaults(_sibling("wan_1_3b_causal").get_config())
+  c = add_block_forcing_defaults(sibling_config(__file__, "wan_1_3b_causal"))
   b = c.train.block_forcing
   b.generator_init = "/ckpt/sf_1_3b"      # converted Self Forcing / SkyReels-V2-DF params (or a
                                           # wan_1_3b_causal work dir)
