@@ -91,7 +91,7 @@ def test_image_conditioning_keeps_first_frame(params):
 
 def test_guidance_one_equals_conditional_and_euler_runs(params):
   texts, pooled = _prompts(2)
-  null = jnp.zeros_like(texts[0])
+  null = jnp.zeros(texts.shape[2:])  # one [T, E] unconditional context for the whole batch
   a = make_sampler(solver="euler", num_steps=3, guidance=1.0).sample(params, texts, pooled,
                                                                       jax.random.key(0))
   b = make_sampler(solver="euler", num_steps=3, guidance=3.0).sample(params, texts, pooled,

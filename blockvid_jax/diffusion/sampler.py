@@ -216,6 +216,8 @@ class BlockSampler:
     seg = self.sampler.chunks_per_segment
     if null_text is None:
       null_text = jnp.zeros_like(texts[0])
+    # The unconditional context: one [T, E] (or [1, T, E]) for the whole batch, or [B, T, E].
+    null_text = jnp.broadcast_to(jnp.asarray(null_text, texts.dtype), texts.shape[1:])
     fn = segment_fn or self.make_segment_fn()
     state = self.init_state(texts.shape[1], rng) if state is None else state
     for start in range(0, num, seg):
