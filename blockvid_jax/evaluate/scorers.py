@@ -7,7 +7,8 @@ A scorer maps the frames of one chunk, uint8 [T, H, W, 3], to a float (`score`).
 | subject    | DINO ViT-B/16 frame consistency                          | yes                    |
 | background | CLIP ViT-B/32 frame consistency                          | yes                    |
 | aesthetic  | CLIP ViT-L/14 + LAION linear head / 10, mean over frames | yes                    |
-| clarity    | variance of the Laplacian (`laplacian_variance`)         | NO (paper: MUSIQ-SPAQ) |
+| clarity    | MUSIQ-SPAQ (`convert_musiq`) when its weights are given, | yes                    |
+|            | else variance of the Laplacian (`laplacian_variance`)    | NO (stand-in)          |
 | motion     | smoothness, linear-blend interpolation (`linear_blend`)  | NO (paper: AMT-S)      |
 
 Consistency (VBench's subject/background formula) on L2-normalised features f_1..f_T of a chunk:
@@ -32,7 +33,7 @@ from typing import Callable, Optional, Protocol
 
 import numpy as np
 
-from blockvid_jax.evaluate import convert_vit, features, preprocess, weights
+from blockvid_jax.evaluate import convert_musiq, convert_vit, features, preprocess, weights
 
 
 class Scorer(Protocol):
@@ -227,8 +228,15 @@ def _aesthetic(o: ScorerOptions) -> Scorer:
 
 
 def _clarity(o: ScorerOptions) -> Scorer:
+  path = weights.find(o.weights_dir, convert_musiq.FILENAME)
+  if path is not None:
+    return ClarityScorer(convert_musiq.load_musiq(path, o.head_dim, o.batch_size),
+                         "clarity: MUSIQ-SPAQ score, mean over frames (VBench imaging-quality "
+                         "input: longer side 512 when larger, bilinear, no antialias)",
+                         paper_metric=True)
   return ClarityScorer(laplacian_variance, "clarity: variance of the Laplacian of the luma, mean "
-                       "over frames -- NOT the paper's MUSIQ-SPAQ (plug one in with --plugins)")
+                       "over frames -- NOT the paper's MUSIQ-SPAQ (give "
+                       f"{weights.describe(convert_musiq.FILENAME)} in --weights_dir)")
 
 
 def _motion(o: ScorerOptions) -> Scorer:
