@@ -16,6 +16,7 @@ longer-side lengths of the multi-scale input are not stored (public: 224, 384).
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Sequence
 
@@ -93,7 +94,7 @@ class MusiqQuality:
     self.spec, self.batch_size, self.max_side = spec, batch_size, max_side
     self.params = jax.device_put(jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32),
                                                         params))
-    self._apply = features.jit_apply(Musiq(spec))
+    self._apply = _jitted(spec)
 
   def scores(self, images: np.ndarray) -> np.ndarray:
     """float32 [T, H, W, 3] in [0, 1] -> [T] MUSIQ scores (pyiqa's forward in eval mode)."""
@@ -106,6 +107,11 @@ class MusiqQuality:
 
   def __call__(self, frames: np.ndarray) -> np.ndarray:
     return self.scores(vbench_frames(frames, self.max_side))         # [T]
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(spec: MusiqSpec):
+  return features.jit_apply(Musiq(spec))
 
 
 def load_musiq(path: os.PathLike, head_dim: int = HEAD_DIM, batch_size: int = 8) -> MusiqQuality:

@@ -9,7 +9,8 @@ A scorer maps the frames of one chunk, uint8 [T, H, W, 3], to a float (`score`).
 | aesthetic  | CLIP ViT-L/14 + LAION linear head / 10, mean over frames | yes                    |
 | clarity    | MUSIQ-SPAQ (`convert_musiq`) when its weights are given, | yes                    |
 |            | else variance of the Laplacian (`laplacian_variance`)    | NO (stand-in)          |
-| motion     | smoothness, linear-blend interpolation (`linear_blend`)  | NO (paper: AMT-S)      |
+| motion     | smoothness, AMT-S midpoints (`convert_amt`) when given,  | yes                    |
+|            | else linear-blend interpolation (`linear_blend`)         | NO (stand-in)          |
 
 Consistency (VBench's subject/background formula) on L2-normalised features f_1..f_T of a chunk:
   mean over j = 2..T of 0.5 * [max(0, cos(f_{j-1}, f_j)) + max(0, cos(f_1, f_j))].
@@ -17,7 +18,10 @@ Motion smoothness (VBench's formula): the even frames (0, 2, 4, ...) are kept, a
 interpolated between each consecutive pair, and compared with the odd frame it replaces:
   score = (255 - mean |I_odd - I_interp|) / 255.
 
-Plug-in point (e.g. for MUSIQ-SPAQ or AMT-S): a module passed with `--plugins my.module` is imported
+Clarity and motion switch to the paper's models when `musiq_spaq_ckpt-358bb6af.pth` / `amt-s.pth`
+(or .safetensors / .npz) are in `--weights_dir`; without them the stand-ins run and say so.
+
+Plug-in point (other metrics): a module passed with `--plugins my.module` is imported
 before the run and may call `register("clarity", factory, weight_files=(...), replace=True)`; a
 factory receives `ScorerOptions` and returns any object with `score`, `description`,
 `paper_metric` and `min_frames_per_chunk`. `ClarityScorer(quality_fn)` and
@@ -33,7 +37,8 @@ from typing import Callable, Optional, Protocol
 
 import numpy as np
 
-from blockvid_jax.evaluate import convert_musiq, convert_vit, features, preprocess, weights
+from blockvid_jax.evaluate import (convert_amt, convert_musiq, convert_vit, features, preprocess,
+                                   weights)
 
 
 class Scorer(Protocol):
@@ -240,8 +245,14 @@ def _clarity(o: ScorerOptions) -> Scorer:
 
 
 def _motion(o: ScorerOptions) -> Scorer:
+  path = weights.find(o.weights_dir, convert_amt.FILENAME)
+  if path is not None:
+    return MotionScorer(convert_amt.load_amt(path, max(1, min(o.batch_size, 4))),
+                        "motion: smoothness with AMT-S midpoints of the even frames (embt 0.5, "
+                        "1 iteration, padded to a multiple of 16)", paper_metric=True)
   return MotionScorer(linear_blend, "motion: smoothness with linear-blend interpolation -- NOT the "
-                      "paper's AMT-S interpolator (plug one in with --plugins)")
+                      f"paper's AMT-S interpolator (give {weights.describe(convert_amt.FILENAME)} "
+                      "in --weights_dir)")
 
 
 register("subject", _subject, (DINO_FILE,))
