@@ -160,3 +160,24 @@ def test_clarity_registry_uses_musiq_when_weights_present(tmp_path):
   with torch.no_grad():
     want = model(torch.from_numpy(frames).permute(0, 3, 1, 2).double() / 255.0).numpy().mean()
   assert rel_err(scorer.score(frames), want) < 1e-3
+
+
+@needs_ref
+def test_evaluate_cli_reports_musiq_as_paper_metric(tmp_path):
+  import json
+  from blockvid_jax import video_io
+  from blockvid_jax.evaluate import cli, weights
+  model = torch_model(seed=5, longer_side_lengths=[224, 384])
+  wdir, vdir = tmp_path / "w", tmp_path / "v"
+  wdir.mkdir()
+  weights.save_state_dict(wdir / "musiq_spaq_ckpt-358bb6af.npz", state_dict(model))
+  frames = np.random.default_rng(5).integers(0, 256, (4, 24, 32, 3), dtype=np.uint8)
+  video_io.write_video(vdir / "a.mp4", frames)
+  out = tmp_path / "out"
+  assert cli.main(["--videos", str(vdir), "--out", str(out), "--weights_dir", str(wdir),
+                   "--metrics", "clarity", "--n_chunks", "2", "--head_dim", "16", "--quiet"]) == 0
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["metrics"]["clarity"]["paper_metric"] is True
+  iq = summary["vbench"]["imaging_quality"]
+  chunks = summary["metrics"]["clarity"]["chunk_scores"]["a.mp4"]
+  assert iq["paper_metric"] is True and iq["per_video"]["a.mp4"] == pytest.approx(np.mean(chunks) / 100)

@@ -12,6 +12,9 @@ A scorer maps the frames of one chunk, uint8 [T, H, W, 3], to a float (`score`).
 | motion     | smoothness, AMT-S midpoints (`convert_amt`) when given,  | yes                    |
 |            | else linear-blend interpolation (`linear_blend`)         | NO (stand-in)          |
 
+A scorer with `frame_scores(frames) -> [T]` is a mean over frames (aesthetic, clarity): the
+evaluation then scores every frame once and averages per chunk and over the whole video.
+
 Consistency (VBench's subject/background formula) on L2-normalised features f_1..f_T of a chunk:
   mean over j = 2..T of 0.5 * [max(0, cos(f_{j-1}, f_j)) + max(0, cos(f_1, f_j))].
 Motion smoothness (VBench's formula): the even frames (0, 2, 4, ...) are kept, a frame is
@@ -172,22 +175,33 @@ class AestheticScorer:
           f"CLIP gives {extractor.spec.features}")
     self.extractor, self.kernel, self.bias = extractor, kernel.astype(np.float64), float(bias)
 
-  def score(self, frames: np.ndarray) -> float:
+  def frame_scores(self, frames: np.ndarray) -> np.ndarray:
+    """uint8 [T, H, W, 3] -> [T] LAION-head scores / 10."""
     size = self.extractor.spec.image_size
     f = l2_normalize(self.extractor(preprocess.clip_preprocess(frames, size)).astype(np.float64))
-    return float(np.mean((f @ self.kernel + self.bias) / 10.0))
+    return (f @ self.kernel + self.bias) / 10.0
+
+  def score(self, frames: np.ndarray) -> float:
+    return float(np.mean(self.frame_scores(frames)))
 
 
 class ClarityScorer:
-  """Mean over frames of a per-frame quality model `quality_fn(uint8 [T,H,W,3]) -> [T]`."""
+  """Mean over frames of a per-frame quality model `quality_fn(uint8 [T,H,W,3]) -> [T]`.
+
+  `vbench_scale` turns the whole-video mean into VBench's raw metric (imaging quality = MUSIQ / 100).
+  """
   min_frames_per_chunk = 1
 
   def __init__(self, quality_fn: Callable[[np.ndarray], np.ndarray], description: str,
-               paper_metric: bool = False):
+               paper_metric: bool = False, vbench_scale: float = 1.0):
     self.quality_fn, self.description, self.paper_metric = quality_fn, description, paper_metric
+    self.vbench_scale = vbench_scale
+
+  def frame_scores(self, frames: np.ndarray) -> np.ndarray:
+    return np.asarray(self.quality_fn(frames), np.float64)     # [T]
 
   def score(self, frames: np.ndarray) -> float:
-    return float(np.mean(self.quality_fn(frames)))
+    return float(np.mean(self.frame_scores(frames)))
 
 
 class MotionScorer:
@@ -238,7 +252,7 @@ def _clarity(o: ScorerOptions) -> Scorer:
     return ClarityScorer(convert_musiq.load_musiq(path, o.head_dim, o.batch_size),
                          "clarity: MUSIQ-SPAQ score, mean over frames (VBench imaging-quality "
                          "input: longer side 512 when larger, bilinear, no antialias)",
-                         paper_metric=True)
+                         paper_metric=True, vbench_scale=0.01)
   return ClarityScorer(laplacian_variance, "clarity: variance of the Laplacian of the luma, mean "
                        "over frames -- NOT the paper's MUSIQ-SPAQ (give "
                        f"{weights.describe(convert_musiq.FILENAME)} in --weights_dir)")
