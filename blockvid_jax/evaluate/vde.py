@@ -101,13 +101,14 @@ def from_json(v) -> float:
   return float(v)  # float("inf") / float("-inf") parse the strings
 
 
-def _write_json_atomic(path: Path, obj) -> Path:
+def write_text_atomic(path: Path, text: str) -> Path:
+  """Writes `text` to `path` through a temporary file and a rename (never a partial file)."""
+  path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
   try:
     with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False)
-      f.write("\n")
+      f.write(text)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -116,10 +117,14 @@ def _write_json_atomic(path: Path, obj) -> Path:
   return path
 
 
+def write_json_atomic(path: Path, obj) -> Path:
+  return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
 def write_metric_json(out_dir: os.PathLike, metric: str, per_video: Mapping[str, float]) -> Path:
   """Writes `vde_<metric>.json` = {video: VDE}. Returns its path."""
   obj = {name: to_json(v) for name, v in per_video.items()}
-  return _write_json_atomic(Path(out_dir) / f"vde_{metric}.json", obj)
+  return write_json_atomic(Path(out_dir) / f"vde_{metric}.json", obj)
 
 
 def read_metric_json(path: os.PathLike) -> dict[str, float]:
@@ -162,4 +167,4 @@ def write_summary(out_dir: os.PathLike, *, n_chunks: int, weighting: str,
             "paper_metric": bool(paper_metric.get(name, False)),
             "per_video": {v: to_json(x) for v, x in vals.items()},
         } for name, vals in vbench.items()}
-  return _write_json_atomic(Path(out_dir) / "summary.json", obj)
+  return write_json_atomic(Path(out_dir) / "summary.json", obj)
