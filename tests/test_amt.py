@@ -85,8 +85,8 @@ def test_midpoints_match_vbench_amt_s():
   a = rng.uniform(0, 1, (2, 128, 160, 3)).astype(np.float32)
   b = np.clip(np.roll(a, 2, axis=2) + rng.normal(0, 0.05, a.shape), 0, 1).astype(np.float32)
   with torch.no_grad():
-    want = model(torch.from_numpy(a.transpose(0, 3, 1, 2)), torch.from_numpy(b.transpose(0, 3, 1, 2)),
-                 torch.full((2, 1, 1, 1), 0.5), scale_factor=1.0, eval=True)["imgt_pred"]
+    ta, tb = (torch.from_numpy(x.transpose(0, 3, 1, 2)) for x in (a, b))
+    want = model(ta, tb, torch.full((2, 1, 1, 1), 0.5), scale_factor=1.0, eval=True)["imgt_pred"]
   want = want.numpy().transpose(0, 2, 3, 1)
   got = interp.midpoints(a, b)
   assert np.abs(got - want).max() < 1e-4
@@ -119,8 +119,27 @@ def test_motion_score_matches_vbench_procedure(tmp_path):
   want = vbench_motion_score(model, frames)
   standin = scorers.build("motion", scorers.ScorerOptions(tmp_path))
   assert standin.paper_metric is False and "NOT the paper" in standin.description
-  weights.save_state_dict(tmp_path / "amt-s.npz", state_dict(model))
+  sd = dict(state_dict(model), **{"optimizer.state.0.exp_avg": np.zeros(3, np.float32)})
+  weights.save_state_dict(tmp_path / "amt-s.npz", sd)             # VBench's {"state_dict": ...}
   scorer = scorers.build("motion", scorers.ScorerOptions(tmp_path, batch_size=2))
   assert scorer.paper_metric is True and "AMT-S" in scorer.description
   got = scorer.score(frames)
   assert rel_err(got, want) < 1e-3, (got, want)
+
+
+@needs_ref
+def test_evaluate_cli_reports_amt_as_paper_metric(tmp_path):
+  import json
+  from blockvid_jax import video_io
+  from blockvid_jax.evaluate import cli, weights
+  wdir, vdir, out = tmp_path / "w", tmp_path / "v", tmp_path / "out"
+  wdir.mkdir()
+  weights.save_state_dict(wdir / "amt-s.npz", state_dict(torch_model(seed=3)))
+  base = np.random.default_rng(3).integers(0, 256, (120, 150, 3)).astype(np.uint8)  # compiled above
+  video_io.write_video(vdir / "a.mp4", np.stack([np.roll(base, 2 * t, axis=1) for t in range(6)]))
+  assert cli.main(["--videos", str(vdir), "--out", str(out), "--weights_dir", str(wdir),
+                   "--metrics", "motion", "--n_chunks", "2", "--batch_size", "2", "--quiet"]) == 0
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["metrics"]["motion"]["paper_metric"] is True
+  ms = summary["vbench"]["motion_smoothness"]
+  assert ms["paper_metric"] is True and 0.0 < ms["per_video"]["a.mp4"] <= 1.0

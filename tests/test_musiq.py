@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from blockvid_jax.evaluate import convert_musiq, convert_vit, scorers
-from blockvid_jax.evaluate.musiq import MusiqSpec, hashed_positions, multiscale_tokens, vbench_frames
+from blockvid_jax.evaluate.musiq import (MusiqSpec, hashed_positions, multiscale_tokens,
+                                         vbench_frames)
 
 import torch_reference
 
@@ -59,7 +60,8 @@ def test_token_layout_pads_resized_scales_only():
   np.testing.assert_array_equal(pos, [0, 2, 0, 0, 0, 2, 0, 0, 0, 1, 2])
   # SAME padding is zero in the [-1, 1] domain (17x40 in 32x64: rows 7..23, cols 12..51 are image)
   assert np.all(patches[0, 2:4] == 0) and np.all(patches[0, 0, :7] == 0)
-  assert np.allclose(patches[0, 0, 7:24, 12:], -1.0, atol=1e-5) and np.all(patches[0, 0, 7:24, :12] == 0)
+  assert np.allclose(patches[0, 0, 7:24, 12:], -1.0, atol=1e-5)
+  assert np.all(patches[0, 0, 7:24, :12] == 0)
 
 
 def test_hashed_positions_literal():
@@ -86,7 +88,8 @@ def test_converter_names_missing_key():
 @needs_ref
 def test_patches_match_pyiqa():
   import torch
-  from pyiqa.data.multiscale_trans_util import get_hashed_spatial_pos_emb_index, get_multiscale_patches
+  from pyiqa.data.multiscale_trans_util import (get_hashed_spatial_pos_emb_index,
+                                                get_multiscale_patches)
   for rows, cols in [(1, 3), (3, 7), (5, 2), (4, 4), (12, 9)]:
     want = get_hashed_spatial_pos_emb_index(4, rows, cols).numpy().reshape(-1)
     np.testing.assert_array_equal(hashed_positions(4, rows, cols), want)
@@ -132,7 +135,7 @@ def test_vbench_resize_matches_torchvision_rule():
 
 @needs_ref
 def test_quality_fn_matches_reference_on_vbench_input():
-  """The scorer's uint8 path = the reference MUSIQ on the VBench-resized frames, mean over frames."""
+  """The scorer's uint8 path = the reference MUSIQ on the VBench-resized frames."""
   import torch
   model = torch_model(seed=3)
   frames = np.random.default_rng(3).integers(0, 256, (3, 40, 90, 3), dtype=np.uint8)
@@ -180,4 +183,5 @@ def test_evaluate_cli_reports_musiq_as_paper_metric(tmp_path):
   assert summary["metrics"]["clarity"]["paper_metric"] is True
   iq = summary["vbench"]["imaging_quality"]
   chunks = summary["metrics"]["clarity"]["chunk_scores"]["a.mp4"]
-  assert iq["paper_metric"] is True and iq["per_video"]["a.mp4"] == pytest.approx(np.mean(chunks) / 100)
+  assert iq["paper_metric"] is True
+  assert iq["per_video"]["a.mp4"] == pytest.approx(np.mean(chunks) / 100)

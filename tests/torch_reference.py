@@ -1,4 +1,4 @@
-"""Imports the public PyTorch reference architectures (pyiqa's MUSIQ, VBench's AMT-S) for parity tests.
+"""Imports the public PyTorch reference architectures (pyiqa's MUSIQ, VBench's AMT-S) for tests.
 
 Both come from the `test` extra (`pyiqa==0.1.16`, `vbench==0.1.5`, installed with `--no-deps`:
 their full dependency sets are heavy and partly conflict with ours). Their package `__init__`

@@ -6,9 +6,10 @@ scale factor 1:
 
   img0, img1 [B, H, W, 3] in [0, 1] (H, W multiples of 16); m = mean of both images (per pair);
   x0, x1 = img - m.
-  * feature encoder (RAFT SmallEncoder, instance norm without affine, eps 1e-5): conv 7x7/2 (3 -> 32),
-    IN, ReLU; 3 layers of 2 bottlenecks (32, 64/2, 96/2; 1x1 -> 3x3(/stride) -> 1x1 with IN + ReLU
-    after each, a 1x1/stride conv + IN shortcut when strided, ReLU after the sum); conv 1x1 -> 84.
+  * feature encoder (RAFT SmallEncoder, instance norm without affine, eps 1e-5): conv 7x7/2
+    (3 -> 32), IN, ReLU; 3 layers of 2 bottlenecks (32, 64/2, 96/2; 1x1 -> 3x3(/stride) -> 1x1
+    with IN + ReLU after each, a 1x1/stride conv + IN shortcut when strided, ReLU after the sum);
+    conv 1x1 -> 84.
     fmap0, fmap1 [B, H/8, W/8, 84].
   * bidirectional correlation: corr[p, q] = <fmap0[p], fmap1[q]> / sqrt(84), a pyramid of 4 levels
     (2x2 average pooling over q; the transpose pools over p); a lookup at coords (x, y) samples
@@ -44,12 +45,12 @@ from blockvid_jax.typing import Array
 
 EMBT = 0.5          # VBench interpolates the midpoint
 CONV_TRANSPOSE = ("decoder4.convblock.2", "decoder3.convblock.2", "decoder2.convblock.2",
-                  "decoder1.convblock.2")   # PyTorch ConvTranspose2d layers (kernel flipped on import)
+                  "decoder1.convblock.2")   # PyTorch ConvTranspose2d (kernel flipped on import)
 
 
 @dataclasses.dataclass(frozen=True)
 class AmtSpec:
-  """AMT-S sizes (`networks.AMT-S.Model` with its defaults; VBench's cfg: radius 3, 4 levels, 3 flows)."""
+  """AMT-S sizes (`networks.AMT-S.Model` defaults; VBench's cfg: radius 3, 4 levels, 3 flows)."""
   corr_radius: int = 3
   corr_levels: int = 4
   num_flows: int = 3
@@ -110,7 +111,7 @@ def instance_norm(x: Array, eps: float = 1e-5) -> Array:
 
 
 def corr_pyramid(f0: Array, f1: Array, levels: int) -> list[Array]:
-  """fmaps [B, h, w, D] -> per level [B*h*w, h_l, w_l, 1]: <f0[p], f1[q]> / sqrt(D), pooled over q."""
+  """fmaps [B, h, w, D] -> per level [B*h*w, h_l, w_l, 1]: <f0[p], f1[q]> / sqrt(D), q pooled."""
   b, h, w, d = f0.shape
   corr = jnp.einsum("bpd,bqd->bpq", f0.reshape(b, h * w, d), f1.reshape(b, h * w, d))
   corr = (corr / jnp.sqrt(jnp.float32(d))).reshape(b * h * w, h, w, 1)  # [B*h*w, h, w, 1]
@@ -142,7 +143,7 @@ def corr_lookup(pyramid: list[Array], coords: Array, radius: int) -> Array:
 
 
 class AmtS(nn.Module):
-  """(img0, img1) [B, H, W, 3] in [0, 1], H and W multiples of 16 -> midpoint [B, H, W, 3] in [0, 1]."""
+  """(img0, img1) [B, H, W, 3] in [0, 1], H, W multiples of 16 -> midpoint [B, H, W, 3], [0, 1]."""
   spec: AmtSpec = AmtSpec()
 
   def conv(self, name, x, features, k, stride=1, pad=None, dilate=1):
@@ -180,7 +181,7 @@ class AmtS(nn.Module):
       x = instance_norm(self.conv(name + ".downsample.0", x, planes, 1, stride))
     return nn.relu(x + y)
 
-  def feat_encoder(self, x):                                        # [2B, H, W, 3] -> [2B, H/8, W/8, 84]
+  def feat_encoder(self, x):                             # [2B, H, W, 3] -> [2B, H/8, W/8, 84]
     x = nn.relu(instance_norm(self.conv("feat_encoder.conv1", x, 32, 7, 2)))
     for i, (planes, stride) in enumerate(((32, 1), (64, 2), (96, 2)), 1):
       x = self.bottleneck(f"feat_encoder.layer{i}.0", x, planes, stride)
@@ -219,7 +220,8 @@ class AmtS(nn.Module):
   def __call__(self, img0: Array, img1: Array) -> Array:
     s = self.spec
     b, h, w, _ = img0.shape
-    mean = jnp.mean(jnp.concatenate([img0, img1], axis=1), axis=(1, 2, 3), keepdims=True)  # [B,1,1,1]
+    both = jnp.concatenate([img0, img1], axis=1)                     # [B, 2H, W, 3]
+    mean = jnp.mean(both, axis=(1, 2, 3), keepdims=True)             # [B, 1, 1, 1]
     x0, x1 = img0 - mean, img1 - mean
     fmaps = self.feat_encoder(jnp.concatenate([x0, x1], axis=0))     # [2B, h/8, w/8, 84]
     pyramid = corr_pyramid(fmaps[:b], fmaps[b:], s.corr_levels)

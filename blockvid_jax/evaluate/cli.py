@@ -46,7 +46,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   ap.add_argument("--n_chunks", type=int, default=10, help="chunks per video N (default 10)")
   ap.add_argument("--weighting", choices=vde.WEIGHTINGS, default="linear")
   ap.add_argument("--plugins", default="", help="comma-separated modules to import first (they may "
-                  "register scorers, e.g. MUSIQ for clarity)")
+                  "register or replace scorers)")
   ap.add_argument("--head_dim", type=int, default=convert_vit.HEAD_DIM,
                   help="ViT head dim used to infer head counts (64 for all public models)")
   ap.add_argument("--batch_size", type=int, default=8, help="frames per ViT call")

@@ -32,6 +32,10 @@ PAD_MULTIPLE = 16
 
 
 def strip_prefixes(sd: Mapping[str, np.ndarray]) -> dict:
+  """The model's entries: under `state_dict.` when present (other entries, e.g. optimizer state,
+  are dropped), without `state_dict.` / `module.` prefixes."""
+  if any(k.startswith("state_dict.") for k in sd):
+    sd = {k: v for k, v in sd.items() if k.startswith("state_dict.")}
   out = {}
   for k, v in sd.items():
     for prefix in ("state_dict.", "module."):
@@ -71,7 +75,7 @@ def pads(size: int, multiple: int = PAD_MULTIPLE) -> tuple[int, int]:
 
 
 class AmtInterpolator:
-  """Midpoints of frame pairs as VBench computes them: uint8 [K, H, W, 3] x 2 -> uint8 [K, H, W, 3]."""
+  """VBench's midpoints of frame pairs: uint8 [K, H, W, 3] x 2 -> uint8 [K, H, W, 3]."""
 
   def __init__(self, params, spec: AmtSpec = AmtSpec(), batch_size: int = 2):
     x = jax.ShapeDtypeStruct((1, 128, 128, 3), jnp.float32)

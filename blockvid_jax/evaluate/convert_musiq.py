@@ -54,8 +54,8 @@ def convert_musiq(sd: StateDict, head_dim: int = HEAD_DIM,
   longer = tuple(sorted(longer_side_lengths))
   if sce.shape[0] not in (len(longer), len(longer) + 1):
     raise ConversionError(f"{WHAT}: {sce.shape[0]} scale embeddings for longer sides {longer}")
-  spec = MusiqSpec(hidden=hidden, mlp_dim=_get(sd, enc + "transformer.encoderblock_0.mlp.fc1.weight",
-                                               WHAT).shape[0],
+  mlp_dim = _get(sd, enc + "transformer.encoderblock_0.mlp.fc1.weight", WHAT).shape[0]
+  spec = MusiqSpec(hidden=hidden, mlp_dim=mlp_dim,
                    num_heads=_heads(hidden, head_dim), num_layers=layers, num_scales=sce.shape[0],
                    grid=grid, num_class=num_class, patch=patch, longer_side_lengths=longer,
                    original_resolution=sce.shape[0] == len(longer) + 1)

@@ -1,12 +1,12 @@
-"""MUSIQ, the multi-scale image quality transformer, in Flax (LV-Bench Clarity, VBench imaging quality).
+"""MUSIQ, the multi-scale image quality transformer, in Flax (Clarity; VBench imaging quality).
 
 The architecture of pyiqa's `MUSIQ` (facts read from its public code; written anew here):
 
   image [H, W, 3] in [0, 1] -> x = (image - 0.5) * 2 -> a multi-scale patch sequence:
     * for each longer-side length s in sorted(`longer_side_lengths`) (public: 224, 384): bicubic
-      resize (align_corners=False, no antialias, no clamp) to (round(H r), round(W r)), r = s / max(H,
-      W) (Python's round); its 32x32 patches (TF 'SAME' zero padding, stride 32, row-major), padded
-      with all-zero tokens (mask 0, positions 0) or cut to ceil(s / 32)^2 tokens;
+      resize (align_corners=False, no antialias, no clamp) to (round(H r), round(W r)),
+      r = s / max(H, W) (Python's round); its 32x32 patches (TF 'SAME' zero padding, stride 32,
+      row-major), padded with all-zero tokens (mask 0, positions 0) or cut to ceil(s / 32)^2;
     * then every patch of the image at its own resolution (no padding, no cut);
     * each token carries a hashed spatial position: a (rows, cols) patch grid maps to the G x G grid
       (G = 10) by PyTorch 'nearest' indexing, index = gh * G + gw; and its scale id (0, 1, 2).
@@ -115,7 +115,7 @@ def _scale_tokens(x: np.ndarray, spec: MusiqSpec, scale_id: int, max_len: int):
 
 
 def multiscale_tokens(images: np.ndarray, spec: MusiqSpec):
-  """float32 [B, H, W, 3] in [0, 1] -> (patches [B, L, P, P, 3], positions [L], scales [L], mask [L]).
+  """float32 [B, H, W, 3] in [0, 1] -> (patches [B, L, P, P, 3], positions, scales, mask [L]).
 
   The token layout depends only on (H, W), so positions / scales / mask are shared by the batch.
   """

@@ -188,7 +188,8 @@ class AestheticScorer:
 class ClarityScorer:
   """Mean over frames of a per-frame quality model `quality_fn(uint8 [T,H,W,3]) -> [T]`.
 
-  `vbench_scale` turns the whole-video mean into VBench's raw metric (imaging quality = MUSIQ / 100).
+  `vbench_scale` turns the whole-video mean into VBench's raw metric (imaging quality = MUSIQ /
+  100).
   """
   min_frames_per_chunk = 1
 

@@ -1,9 +1,10 @@
-"""`python -m blockvid_jax.lvbench`: generate the LV-Bench videos, then report the paper-style table.
+"""`python -m blockvid_jax.lvbench`: generate the LV-Bench videos, then report the paper's table.
 
   python -m blockvid_jax.lvbench generate --meta META.json --config configs/toy_cpu.py \
-      [--config.key=value ...] --out DIR [--start N --count M] [--ids a,b] [--checkpoint DIR] [--seed S]
-  python -m blockvid_jax.lvbench report --videos DIR --out DIR [--weights_dir DIR] [--meta META.json]
-      [--n_chunks 10] [--metrics subject,...]
+      [--config.key=value ...] --out DIR [--start N --count M] [--ids a,b] [--checkpoint DIR]
+      [--seed S]
+  python -m blockvid_jax.lvbench report --videos DIR --out DIR [--weights_dir DIR]
+      [--meta META.json] [--n_chunks 10] [--metrics subject,...]
 
 `generate` writes DIR/<video id>.mp4 per meta entry (finished videos are skipped; hosts split the
 sorted ids with --start/--count). `report` runs `python -m blockvid_jax.evaluate` into

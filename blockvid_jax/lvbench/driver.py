@@ -1,4 +1,4 @@
-"""Generate the videos of an LV-Bench meta file: one `<video id>.mp4` per entry, resumable, shardable.
+"""Generate the videos of an LV-Bench meta file: one `<video id>.mp4` per entry; resumable, sharded.
 
 For each selected id (sorted ids, then `[start, start + count)`, so hosts can split the list with
 disjoint `--start/--count`), the captions are mapped to chunks (`meta.chunk_captions`) and the video

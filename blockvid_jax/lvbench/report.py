@@ -76,7 +76,8 @@ def to_markdown(table: dict) -> str:
           + [f"{VBENCH_TITLES[k]}{flag[m]} ↑" for k, m in zip(VBENCH_TITLES, DIMENSIONS)])
   lines = ["| model | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
   for r in table["rows"]:
-    cells = [_cell(r["vde"][m]) for m in DIMENSIONS] + [_cell(r["vbench"][k]) for k in VBENCH_TITLES]
+    cells = ([_cell(r["vde"][m]) for m in DIMENSIONS]
+             + [_cell(r["vbench"][k]) for k in VBENCH_TITLES])
     lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
   n = max(ours["num_videos"].values() or [0])
   notes = [f"Ours: mean over {n} videos; VDE with N = {table['n_chunks']} chunks, "
