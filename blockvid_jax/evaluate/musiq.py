@@ -129,7 +129,8 @@ def multiscale_tokens(images: np.ndarray, spec: MusiqSpec):
     parts.append(_scale_tokens(resized, spec, scale_id, math.ceil(side / spec.patch) ** 2))
   if spec.original_resolution:
     parts.append(_scale_tokens(x, spec, len(spec.longer_side_lengths), -1))
-  patches, pos, scale, mask = (np.concatenate(z, axis=i) for z, i in zip(zip(*parts), (1, 0, 0, 0)))
+  patches = np.concatenate([p[0] for p in parts], axis=1)     # [B, L, P, P, 3]
+  pos, scale, mask = (np.concatenate([p[i] for p in parts]) for i in (1, 2, 3))   # [L] each
   return patches.astype(np.float32), pos, scale, mask
 
 
