@@ -49,17 +49,21 @@ def musiq_arch():
     import torch  # noqa: F401
   except ImportError:
     return None
-  if importlib.util.find_spec("torchvision") is None:
+  stub = importlib.util.find_spec("torchvision") is None
+  if stub:
     tv = types.ModuleType("torchvision")
     tv.__path__ = []
     tv.transforms = types.ModuleType("torchvision.transforms")
-    sys.modules.setdefault("torchvision", tv)
-    sys.modules.setdefault("torchvision.transforms", tv.transforms)
+    sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms})
   try:
     return _import_bypassing_inits("pyiqa", "pyiqa.archs.musiq_arch",
                                    also_bare=("pyiqa.utils", "pyiqa.data"))
   except ImportError:
     return None
+  finally:
+    if stub:   # only the import needed it; leave no fake torchvision behind
+      sys.modules.pop("torchvision", None)
+      sys.modules.pop("torchvision.transforms", None)
 
 
 def amt_s_arch():
