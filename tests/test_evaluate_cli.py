@@ -127,6 +127,28 @@ def test_cli_writes_per_metric_json(weights_dir, videos_dir, tmp_path, capsys):
   assert "VDE subject" in stdout and "VDE motion" in stdout
 
 
+def test_summary_holds_vbench_metrics_over_whole_videos(weights_dir, videos_dir, tmp_path):
+  out = tmp_path / "out"
+  rc = cli.main(["--videos", str(videos_dir), "--out", str(out), "--weights_dir", str(weights_dir),
+                 "--n_chunks", "3", "--metrics", "subject,aesthetic,clarity,motion"] + ARGS)
+  assert rc == 0
+  summary = json.loads((out / "summary.json").read_text())
+  vb = summary["vbench"]
+  assert set(vb) == {"subject_consistency", "aesthetic_quality", "imaging_quality",
+                     "motion_smoothness"}
+  assert vb["subject_consistency"]["paper_metric"] and not vb["imaging_quality"]["paper_metric"]
+  frames = video_io.read_video(videos_dir / "b.mp4")            # 33 frames: VBench uses all
+  per = vb["imaging_quality"]["per_video"]
+  assert per["b.mp4"] == pytest.approx(float(np.mean(scorers.laplacian_variance(frames))))
+  assert vb["motion_smoothness"]["per_video"]["b.mp4"] == pytest.approx(
+      scorers.motion_smoothness(frames, scorers.linear_blend))
+  assert vb["imaging_quality"]["mean"] == pytest.approx(np.mean(list(per.values())))
+  # a.mp4 has 30 frames = 3 full chunks: a mean over frames equals the mean of its chunk scores
+  chunks = summary["metrics"]["aesthetic"]["chunk_scores"]["a.mp4"]
+  assert vb["aesthetic_quality"]["per_video"]["a.mp4"] == pytest.approx(np.mean(chunks))
+  assert 0.0 <= vb["subject_consistency"]["per_video"]["a.mp4"] <= 1.0
+
+
 def test_log_weighting_and_metric_subset(weights_dir, videos_dir, tmp_path):
   out = tmp_path / "out"
   rc = cli.main(["--videos", str(videos_dir), "--out", str(out), "--weights_dir", str(weights_dir),

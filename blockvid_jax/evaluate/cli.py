@@ -4,7 +4,9 @@
       [--weights_dir DIR] [--n_chunks 10] [--weighting linear|log] [--plugins my.module]
 
 Writes `vde_<metric>.json` ({video: VDE}) per metric and `summary.json` into --out (rewritten after
-every video, atomically), prints the mean per metric. Before any video is read, a metric whose
+every video, atomically), prints the mean per metric. `summary.json` also holds the raw VBench
+metrics (subject / background consistency, motion smoothness, aesthetic / imaging quality) of the
+same scorers over each whole video, under "vbench". Before any video is read, a metric whose
 weights are missing, an unknown metric or an unloadable plug-in stops the run with one line on
 stderr and exit status 2. An unreadable video, or one with fewer frames than chunks, is recorded in
 `summary.json` under "skipped" with its reason and the run goes on; so is a video too short for one
@@ -19,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
+
+import numpy as np
 
 from blockvid_jax import video_io
 from blockvid_jax.evaluate import convert_vit, scorers, vde, weights
@@ -42,7 +46,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   ap.add_argument("--n_chunks", type=int, default=10, help="chunks per video N (default 10)")
   ap.add_argument("--weighting", choices=vde.WEIGHTINGS, default="linear")
   ap.add_argument("--plugins", default="", help="comma-separated modules to import first (they may "
-                  "register scorers, e.g. MUSIQ for clarity)")
+                  "register or replace scorers)")
   ap.add_argument("--head_dim", type=int, default=convert_vit.HEAD_DIM,
                   help="ViT head dim used to infer head counts (64 for all public models)")
   ap.add_argument("--batch_size", type=int, default=8, help="frames per ViT call")
@@ -107,6 +111,18 @@ def list_videos(folder: Path) -> list[Path]:
                 if p.is_file() and p.suffix.lower() in video_io.VIDEO_SUFFIXES)
 
 
+def score_video(scorer: scorers.Scorer, frames: np.ndarray,
+                chunks: Sequence[np.ndarray]) -> tuple[list[float], float]:
+  """(per-chunk scores, score of the whole untrimmed video). Mean-over-frames scorers (with
+  `frame_scores`) score each frame once; the others score the chunks and then the whole video."""
+  if hasattr(scorer, "frame_scores"):
+    per_frame = np.asarray(scorer.frame_scores(frames), np.float64)    # [T]
+    size = chunks[0].shape[0]
+    return ([float(per_frame[i * size:(i + 1) * size].mean()) for i in range(len(chunks))],
+            float(per_frame.mean()))
+  return [float(scorer.score(c)) for c in chunks], float(scorer.score(frames))
+
+
 def evaluate(args: argparse.Namespace) -> dict:
   """Runs the evaluation; returns {metric: {video: VDE}}. Raises UsageError before any scoring."""
   for module in [m.strip() for m in args.plugins.split(",") if m.strip()]:
@@ -131,6 +147,7 @@ def evaluate(args: argparse.Namespace) -> dict:
   out = Path(args.out)
   per_metric = {m: {} for m in names}
   chunk_scores = {m: {} for m in names}
+  raw = {m: {} for m in names}             # VBench's metric over the whole video
   skipped = []
 
   def write():
@@ -139,7 +156,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     vde.write_summary(out, n_chunks=args.n_chunks, weighting=args.weighting,
                       per_metric=per_metric, chunk_scores=chunk_scores,
                       descriptions={m: s.description for m, s in built.items()},
-                      paper_metric={m: s.paper_metric for m, s in built.items()}, skipped=skipped)
+                      paper_metric={m: s.paper_metric for m, s in built.items()}, skipped=skipped,
+                      vbench=raw)
 
   progress = Progress(len(videos), enabled=not args.quiet)
   write()
@@ -164,12 +182,13 @@ def evaluate(args: argparse.Namespace) -> dict:
                           f"{scorer.min_frames_per_chunk}"})
           continue
         try:
-          scores = [float(scorer.score(c)) for c in chunks]
+          scores, whole = score_video(scorer, frames, chunks)
         except Exception as err:  # one bad video must not end a long evaluation
           skipped.append({"video": name, "metric": m, "reason": f"{type(err).__name__}: {err}"})
           continue
         per_metric[m][name] = vde.vde(scores, args.weighting)
         chunk_scores[m][name] = scores
+        raw[m][name] = whole * getattr(scorer, "vbench_scale", 1.0)
     write()
     progress.update(done, name)
   progress.close()

@@ -18,10 +18,8 @@ from blockvid_jax.evaluate import convert_vit, weights
 from blockvid_jax.evaluate.vit import ViT, ViTSpec
 
 
-def check_params(spec: ViTSpec, params) -> None:
-  """Raises ConversionError unless `params` has exactly the tree and shapes `ViT(spec)` creates."""
-  x = jnp.zeros((1, spec.image_size, spec.image_size, 3), jnp.float32)
-  want = jax.eval_shape(ViT(spec).init, jax.random.key(0), x)["params"]
+def check_tree(want, params) -> None:
+  """Raises ConversionError unless `params` has exactly the tree and shapes of `want`."""
   leaves = jax.tree_util.tree_leaves_with_path
   want = {jax.tree_util.keystr(p): tuple(a.shape) for p, a in leaves(want)}
   got = {jax.tree_util.keystr(p): tuple(np.shape(a)) for p, a in leaves(params)}
@@ -31,20 +29,38 @@ def check_params(spec: ViTSpec, params) -> None:
           f"converted parameter {key}: want shape {want.get(key)}, got {got.get(key)}")
 
 
-@functools.lru_cache(maxsize=None)
-def _jitted_apply(spec: ViTSpec):
-  """One jitted forward per spec (shared by extractors of the same architecture).
+def check_params(spec: ViTSpec, params) -> None:
+  """Raises ConversionError unless `params` has exactly the tree and shapes `ViT(spec)` creates."""
+  x = jnp.zeros((1, spec.image_size, spec.image_size, 3), jnp.float32)
+  check_tree(jax.eval_shape(ViT(spec).init, jax.random.key(0), x)["params"], params)
 
-  Matmuls run in full float32 ("highest"): on GPUs the default may use TF32, whose ~1e-3 relative
-  error is the size of the drifts VDE measures.
+
+def in_batches(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
+  """fn over fixed-size batches of x [T, ...] (the last zero-padded): one compilation per shape."""
+  t = x.shape[0]
+  pad = (-t) % batch_size
+  x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])   # [T+pad, ...]
+  out = [np.asarray(fn(x[i:i + batch_size])) for i in range(0, t + pad, batch_size)]
+  return np.concatenate(out)[:t]
+
+
+def jit_apply(model):
+  """jax.jit of `model.apply({"params": p}, *inputs)` with matmuls in full float32 ("highest").
+
+  On GPUs the default precision may use TF32, whose ~1e-3 relative error is the size of the drifts
+  VDE measures.
   """
-  model = ViT(spec)
-
-  def apply(params, x):
+  def apply(params, *inputs):
     with jax.default_matmul_precision("highest"):
-      return model.apply({"params": params}, x)
+      return model.apply({"params": params}, *inputs)
 
   return jax.jit(apply)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_apply(spec: ViTSpec):
+  """One jitted forward per spec (shared by extractors of the same architecture)."""
+  return jit_apply(ViT(spec))
 
 
 class ViTFeatures:
@@ -59,12 +75,7 @@ class ViTFeatures:
     self._apply = _jitted_apply(spec)
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
-    t = images.shape[0]
-    bs = self.batch_size
-    pad = (-t) % bs
-    x = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])  # [T+pad, ...]
-    out = [np.asarray(self._apply(self.params, x[i:i + bs])) for i in range(0, t + pad, bs)]
-    return np.concatenate(out)[:t]                                     # [T, O]
+    return in_batches(lambda x: self._apply(self.params, x), images, self.batch_size)  # [T, O]
 
 
 def load_dino(path: os.PathLike, head_dim: int = convert_vit.HEAD_DIM,

@@ -66,3 +66,37 @@ def resize_hw(x: np.ndarray, out_hw: tuple[int, int], method: str) -> np.ndarray
   mw = resize_matrix(w, out_hw[1], method).astype(np.float32)    # [w', W]
   x = np.einsum("oh,thwc->towc", mh, x.astype(np.float32), optimize=True)  # [T, h', W, C]
   return np.einsum("pw,towc->topc", mw, x, optimize=True)  # [T, h', w', C]
+
+
+def _linear_taps(in_size: int, out_size: int):
+  """PyTorch's float32 bilinear taps of one axis: (i0, i1, lambda0, lambda1), each [out]."""
+  if in_size == out_size:
+    idx = np.arange(out_size)
+    return idx, idx, np.ones(out_size, np.float32), np.zeros(out_size, np.float32)
+  scale = np.float32(in_size) / np.float32(out_size)
+  src = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+  src = np.maximum(src, np.float32(0.0))
+  i0 = np.minimum(src.astype(np.int64), in_size - 1)
+  i1 = np.minimum(i0 + 1, in_size - 1)
+  lam1 = (src - i0.astype(np.float32)).astype(np.float32)
+  return i0, i1, (np.float32(1.0) - lam1).astype(np.float32), lam1
+
+
+def bilinear_f32(x: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+  """float32 [T, H, W, C] -> [T, h, w, C] bilinear with PyTorch's float32 CPU evaluation order.
+
+  out = (x[h0, w0] l0w + x[h0, w1] l1w) l0h + (x[h1, w0] l0w + x[h1, w1] l1w) l1h, every product
+  and sum rounded to float32. This matters when the result is rounded back to uint8: bilinear
+  weights of 8-bit images land exactly on .5 often (about 1% of pixels), and a float64 evaluation
+  rounds many of those ties the other way; in this order only a handful differ (PyTorch's
+  vectorised kernels sum in their own order), by one level.
+  """
+  x = np.asarray(x, np.float32)
+  h0, h1, l0h, l1h = _linear_taps(x.shape[1], out_hw[0])
+  w0, w1, l0w, l1w = _linear_taps(x.shape[2], out_hw[1])
+  lw0, lw1 = l0w[None, None, :, None], l1w[None, None, :, None]
+
+  def row(hi):  # [T, h, w, C]
+    r = x[:, hi]
+    return r[:, :, w0] * lw0 + r[:, :, w1] * lw1
+  return row(h0) * l0h[None, :, None, None] + row(h1) * l1h[None, :, None, None]

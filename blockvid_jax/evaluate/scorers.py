@@ -7,8 +7,13 @@ A scorer maps the frames of one chunk, uint8 [T, H, W, 3], to a float (`score`).
 | subject    | DINO ViT-B/16 frame consistency                          | yes                    |
 | background | CLIP ViT-B/32 frame consistency                          | yes                    |
 | aesthetic  | CLIP ViT-L/14 + LAION linear head / 10, mean over frames | yes                    |
-| clarity    | variance of the Laplacian (`laplacian_variance`)         | NO (paper: MUSIQ-SPAQ) |
-| motion     | smoothness, linear-blend interpolation (`linear_blend`)  | NO (paper: AMT-S)      |
+| clarity    | MUSIQ-SPAQ (`convert_musiq`) when its weights are given, | yes                    |
+|            | else variance of the Laplacian (`laplacian_variance`)    | NO (stand-in)          |
+| motion     | smoothness, AMT-S midpoints (`convert_amt`) when given,  | yes                    |
+|            | else linear-blend interpolation (`linear_blend`)         | NO (stand-in)          |
+
+A scorer with `frame_scores(frames) -> [T]` is a mean over frames (aesthetic, clarity): the
+evaluation then scores every frame once and averages per chunk and over the whole video.
 
 Consistency (VBench's subject/background formula) on L2-normalised features f_1..f_T of a chunk:
   mean over j = 2..T of 0.5 * [max(0, cos(f_{j-1}, f_j)) + max(0, cos(f_1, f_j))].
@@ -16,7 +21,10 @@ Motion smoothness (VBench's formula): the even frames (0, 2, 4, ...) are kept, a
 interpolated between each consecutive pair, and compared with the odd frame it replaces:
   score = (255 - mean |I_odd - I_interp|) / 255.
 
-Plug-in point (e.g. for MUSIQ-SPAQ or AMT-S): a module passed with `--plugins my.module` is imported
+Clarity and motion switch to the paper's models when `musiq_spaq_ckpt-358bb6af.pth` / `amt-s.pth`
+(or .safetensors / .npz) are in `--weights_dir`; without them the stand-ins run and say so.
+
+Plug-in point (other metrics): a module passed with `--plugins my.module` is imported
 before the run and may call `register("clarity", factory, weight_files=(...), replace=True)`; a
 factory receives `ScorerOptions` and returns any object with `score`, `description`,
 `paper_metric` and `min_frames_per_chunk`. `ClarityScorer(quality_fn)` and
@@ -32,7 +40,8 @@ from typing import Callable, Optional, Protocol
 
 import numpy as np
 
-from blockvid_jax.evaluate import convert_vit, features, preprocess, weights
+from blockvid_jax.evaluate import (convert_amt, convert_musiq, convert_vit, features, preprocess,
+                                   weights)
 
 
 class Scorer(Protocol):
@@ -166,22 +175,34 @@ class AestheticScorer:
           f"CLIP gives {extractor.spec.features}")
     self.extractor, self.kernel, self.bias = extractor, kernel.astype(np.float64), float(bias)
 
-  def score(self, frames: np.ndarray) -> float:
+  def frame_scores(self, frames: np.ndarray) -> np.ndarray:
+    """uint8 [T, H, W, 3] -> [T] LAION-head scores / 10."""
     size = self.extractor.spec.image_size
     f = l2_normalize(self.extractor(preprocess.clip_preprocess(frames, size)).astype(np.float64))
-    return float(np.mean((f @ self.kernel + self.bias) / 10.0))
+    return (f @ self.kernel + self.bias) / 10.0
+
+  def score(self, frames: np.ndarray) -> float:
+    return float(np.mean(self.frame_scores(frames)))
 
 
 class ClarityScorer:
-  """Mean over frames of a per-frame quality model `quality_fn(uint8 [T,H,W,3]) -> [T]`."""
+  """Mean over frames of a per-frame quality model `quality_fn(uint8 [T,H,W,3]) -> [T]`.
+
+  `vbench_scale` turns the whole-video mean into VBench's raw metric (imaging quality = MUSIQ /
+  100).
+  """
   min_frames_per_chunk = 1
 
   def __init__(self, quality_fn: Callable[[np.ndarray], np.ndarray], description: str,
-               paper_metric: bool = False):
+               paper_metric: bool = False, vbench_scale: float = 1.0):
     self.quality_fn, self.description, self.paper_metric = quality_fn, description, paper_metric
+    self.vbench_scale = vbench_scale
+
+  def frame_scores(self, frames: np.ndarray) -> np.ndarray:
+    return np.asarray(self.quality_fn(frames), np.float64)     # [T]
 
   def score(self, frames: np.ndarray) -> float:
-    return float(np.mean(self.quality_fn(frames)))
+    return float(np.mean(self.frame_scores(frames)))
 
 
 class MotionScorer:
@@ -227,13 +248,26 @@ def _aesthetic(o: ScorerOptions) -> Scorer:
 
 
 def _clarity(o: ScorerOptions) -> Scorer:
+  path = weights.find(o.weights_dir, convert_musiq.FILENAME)
+  if path is not None:
+    return ClarityScorer(convert_musiq.load_musiq(path, o.head_dim, o.batch_size),
+                         "clarity: MUSIQ-SPAQ score, mean over frames (VBench imaging-quality "
+                         "input: longer side 512 when larger, bilinear, no antialias)",
+                         paper_metric=True, vbench_scale=0.01)
   return ClarityScorer(laplacian_variance, "clarity: variance of the Laplacian of the luma, mean "
-                       "over frames -- NOT the paper's MUSIQ-SPAQ (plug one in with --plugins)")
+                       "over frames -- NOT the paper's MUSIQ-SPAQ (give "
+                       f"{weights.describe(convert_musiq.FILENAME)} in --weights_dir)")
 
 
 def _motion(o: ScorerOptions) -> Scorer:
+  path = weights.find(o.weights_dir, convert_amt.FILENAME)
+  if path is not None:
+    return MotionScorer(convert_amt.load_amt(path, max(1, min(o.batch_size, 4))),
+                        "motion: smoothness with AMT-S midpoints of the even frames (embt 0.5, "
+                        "1 iteration, padded to a multiple of 16)", paper_metric=True)
   return MotionScorer(linear_blend, "motion: smoothness with linear-blend interpolation -- NOT the "
-                      "paper's AMT-S interpolator (plug one in with --plugins)")
+                      f"paper's AMT-S interpolator (give {weights.describe(convert_amt.FILENAME)} "
+                      "in --weights_dir)")
 
 
 register("subject", _subject, (DINO_FILE,))

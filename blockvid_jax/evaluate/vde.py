@@ -10,8 +10,9 @@ used as is (not |m_1|), exactly as the formula reads. Lower is better.
 
 Reports (written atomically into the output directory):
   * `vde_<metric>.json`: {video name: VDE} for the videos scored on that metric;
-  * `summary.json`: settings, per-metric mean / count / scorer description, per-chunk scores and the
-    skipped videos with their reasons.
+  * `summary.json`: settings, per-metric mean / count / scorer description, per-chunk scores, the
+    skipped videos with their reasons, and under "vbench" the raw VBench metrics of the same
+    scorers over each whole video (VBench's own numbers, higher is better) and their means.
 +inf is written as the string "inf" (JSON has no infinity); `read_metric_json` turns it back.
 """
 
@@ -22,11 +23,14 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Mapping, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 WEIGHTINGS = ("linear", "log")
+VBENCH_NAMES = {"subject": "subject_consistency", "background": "background_consistency",
+                "motion": "motion_smoothness", "aesthetic": "aesthetic_quality",
+                "clarity": "imaging_quality"}   # our metric -> VBench dimension
 INF_JSON = "inf"
 
 
@@ -97,13 +101,14 @@ def from_json(v) -> float:
   return float(v)  # float("inf") / float("-inf") parse the strings
 
 
-def _write_json_atomic(path: Path, obj) -> Path:
+def write_text_atomic(path: Path, text: str) -> Path:
+  """Writes `text` to `path` through a temporary file and a rename (never a partial file)."""
+  path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
   try:
     with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False)
-      f.write("\n")
+      f.write(text)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -112,10 +117,14 @@ def _write_json_atomic(path: Path, obj) -> Path:
   return path
 
 
+def write_json_atomic(path: Path, obj) -> Path:
+  return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
 def write_metric_json(out_dir: os.PathLike, metric: str, per_video: Mapping[str, float]) -> Path:
   """Writes `vde_<metric>.json` = {video: VDE}. Returns its path."""
   obj = {name: to_json(v) for name, v in per_video.items()}
-  return _write_json_atomic(Path(out_dir) / f"vde_{metric}.json", obj)
+  return write_json_atomic(Path(out_dir) / f"vde_{metric}.json", obj)
 
 
 def read_metric_json(path: os.PathLike) -> dict[str, float]:
@@ -127,8 +136,13 @@ def write_summary(out_dir: os.PathLike, *, n_chunks: int, weighting: str,
                   per_metric: Mapping[str, Mapping[str, float]],
                   chunk_scores: Mapping[str, Mapping[str, Sequence[float]]],
                   descriptions: Mapping[str, str], paper_metric: Mapping[str, bool],
-                  skipped: Sequence[Mapping[str, str]]) -> Path:
-  """Writes `summary.json` (see the module docstring). Returns its path."""
+                  skipped: Sequence[Mapping[str, str]],
+                  vbench: Optional[Mapping[str, Mapping[str, float]]] = None) -> Path:
+  """Writes `summary.json` (see the module docstring). Returns its path.
+
+  `vbench` = {metric: {video: raw VBench value over the whole video}}; written under "vbench"
+  by VBench's dimension name (`VBENCH_NAMES`) with its mean over videos.
+  """
   metrics = {}
   for name, vals in per_metric.items():
     values = list(vals.values())
@@ -144,4 +158,13 @@ def write_summary(out_dir: os.PathLike, *, n_chunks: int, weighting: str,
                          for v, cs in chunk_scores.get(name, {}).items()},
     }
   obj = {"n_chunks": n_chunks, "weighting": weighting, "metrics": metrics, "skipped": list(skipped)}
-  return _write_json_atomic(Path(out_dir) / "summary.json", obj)
+  if vbench is not None:
+    obj["vbench"] = {
+        VBENCH_NAMES.get(name, name): {
+            "metric": name,
+            "mean": to_json(mean_vde(list(vals.values()))),
+            "num_videos": len(vals),
+            "paper_metric": bool(paper_metric.get(name, False)),
+            "per_video": {v: to_json(x) for v, x in vals.items()},
+        } for name, vals in vbench.items()}
+  return write_json_atomic(Path(out_dir) / "summary.json", obj)
