@@ -14,6 +14,7 @@ then every expected tensor must be present with its exact shape and nothing else
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 
@@ -21,7 +22,7 @@ import numpy as np
 from flax import traverse_util
 
 from blockvid_jax.convert.errors import ConvertError
-from blockvid_jax.convert.readers import Checkpoint, open_checkpoint
+from blockvid_jax.convert.readers import Checkpoint, TensorRef, open_checkpoint
 from blockvid_jax.models.spec import ConfigError
 from blockvid_jax.models.vae import VAESpec
 
@@ -213,6 +214,30 @@ def convert(ckpt: Checkpoint) -> tuple[VAESpec, dict]:
   if extra:
     raise ConvertError(f"{ckpt.path}: {len(extra)} unexpected tensor(s), first {extra[0]!r}")
   return spec, traverse_util.unflatten_dict(flat)
+
+
+def convert_state_dict(state: dict[str, np.ndarray], name: str = "<state dict>"
+                       ) -> tuple[VAESpec, dict]:
+  """The same conversion for an in-memory {key: array} state dict in either layout."""
+  refs = {k: TensorRef(k, tuple(v.shape), str(v.dtype), name, functools.partial(np.asarray, v))
+          for k, v in state.items()}
+  return convert(Checkpoint(path=name, files=(), tensors=refs))
+
+
+def random_state_dict(spec: VAESpec, layout: str = "wan", seed: int = 0) -> dict[str, np.ndarray]:
+  """Random float32 weights in PyTorch shapes (fan-in scaled kernels, norms near 1, small biases)
+  for tests and benchmarks."""
+  rng = np.random.default_rng(seed)
+  state = {}
+  for entry in expected_entries(spec, layout):
+    if entry.kind == "gamma":
+      value = 1.0 + 0.1 * rng.standard_normal(entry.shape)
+    elif entry.kind == "bias":
+      value = 0.02 * rng.standard_normal(entry.shape)
+    else:
+      value = rng.standard_normal(entry.shape) / np.sqrt(np.prod(entry.shape[1:]))
+    state[entry.key] = value.astype(np.float32)
+  return state
 
 
 def load_wan_vae(path: str | os.PathLike) -> tuple[VAESpec, dict]:
