@@ -20,6 +20,7 @@ import numpy as np
 
 from blockvid_jax.models.embeddings import dense
 from blockvid_jax.models.spec import DTYPES, ConfigError
+from blockvid_jax.models.text import masked_mean
 from blockvid_jax.typing import Array
 
 
@@ -144,3 +145,21 @@ class UMT5Encoder(nn.Module):
       x = T5Block(s, name=f"block_{i}")(x, buckets, key_mask)
     x = T5Norm(s.eps, name="norm")(x)
     return jnp.where(key_mask[..., None], x, 0.0).astype(jnp.float32)  # [B, T, E]
+
+
+class UMT5TextEncoder:
+  """Tokenizer + umT5 with the package's text-encoder interface (see `models/text.py`):
+
+    encode(prompts) -> (emb [B, T, E] float32, zero at padding; mask [B, T] bool; pooled [B, E])
+  """
+
+  def __init__(self, spec: UMT5Spec, params, tokenizer):
+    self.spec, self.params, self.tokenizer = spec, params, tokenizer
+    self.max_len = tokenizer.max_length
+    self._apply = jax.jit(UMT5Encoder(spec).apply)
+
+  def encode(self, prompts) -> tuple[Array, Array, Array]:
+    ids, mask = self.tokenizer(list(prompts))  # [B, T] int32 each
+    emb = self._apply({"params": self.params}, jnp.asarray(ids), jnp.asarray(mask))  # [B, T, E]
+    mask = jnp.asarray(mask) > 0
+    return emb, mask, masked_mean(emb, mask)
