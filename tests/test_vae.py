@@ -15,6 +15,7 @@ from safetensors.numpy import save_file
 
 from blockvid_jax.convert import ConvertError
 from blockvid_jax.convert.wan_vae import expected_entries, load_wan_vae
+from blockvid_jax.models import vae as vae_module
 from blockvid_jax.models.spec import ConfigError
 from blockvid_jax.models.vae import LATENT_MEAN, LATENT_STD, VAESpec, WanVAE, output_frames
 
@@ -148,19 +149,18 @@ def test_wan_safetensors_layout(wan_pth, vae, tmp_path):
 def test_streaming_decode_equals_full_decode(vae):
   z = np.random.default_rng(2).normal(size=(1, 5, 2, 2, 16)).astype(np.float32)
   full = np.asarray(vae.decode(z))
-  fresh = WanVAE(vae.spec, vae.params)
-  cache = fresh.init_decode_cache(1, 2, 2)
-  pieces = []
-  for chunk in (z[:, :2], z[:, 2:3], z[:, 3:4], z[:, 4:5]):  # 2 then 1, 1, 1 latent frames
-    cache, frames = fresh.decode_chunk(cache, chunk)
+  cache = vae.init_decode_cache(1, 2, 2)
+  cache, first = vae.decode_chunk(cache, z[:, :2])  # 2 latent frames, then 1, 1, 1
+  pieces, compiled = [np.asarray(first)], vae_module._decode_later._cache_size()  # pylint: disable=protected-access
+  for i in (2, 3, 4):
+    cache, frames = vae.decode_chunk(cache, z[:, i:i + 1])
     pieces.append(np.asarray(frames))
   assert [p.shape[1] for p in pieces] == [5, 4, 4, 4]
   streamed = np.concatenate(pieces, axis=1)
   assert streamed.shape == full.shape == (1, 17, 16, 16, 3)
   assert np.abs(streamed - full).max() < 1e-5
-  # the first chunk = frame 0 + 1 later frame; every later chunk of 1 frame reuses that program
-  assert fresh._first._cache_size() == 1  # pylint: disable=protected-access
-  assert fresh._later._cache_size() == 1  # pylint: disable=protected-access
+  # frame 0 + 1 later frame, then chunks of 1 frame: every later chunk reuses one compilation
+  assert vae_module._decode_later._cache_size() == compiled  # pylint: disable=protected-access
 
 
 @pytest.mark.torch

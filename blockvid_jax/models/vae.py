@@ -5,7 +5,8 @@
   T = 1 + 4 (F - 1) for the Wan2.1 geometry (temporal factor 4, first frame alone).
 
 `WanVAE` is a small class holding a `VAESpec`, the params (from `convert.wan_vae.load_wan_vae`) and a
-compute dtype; its methods are jitted. The encoder runs in time chunks of 1, 4, 4, ... frames and the
+compute dtype; its methods call module-level jitted functions (spec static), so every VAE of one
+geometry shares their compilations. The encoder runs in time chunks of 1, 4, 4, ... frames and the
 decoder one latent frame at a time (a `lax.scan`), each with the feature caches of
 `vae_layers.FeatureCache`, exactly like the PyTorch code. `decode_chunk(cache, latents)` continues a
 decode from a `DecodeCache`, so latents generated chunk by chunk are decoded as they arrive with
@@ -18,6 +19,7 @@ chunk of the same length reuses one compilation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -132,6 +134,60 @@ def _cast(tree, dtype):
   return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), tree)
 
 
+# Jitted with the (hashable) spec static, so VAEs of one geometry share their compilations.
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_video(spec: VAESpec, params: dict, video: Array) -> Array:
+  """[B, T, H, W, 3] -> normalised latent means [B, F, h, w, z]."""
+  enc = params["encoder"]
+  b, t, h, w, c = video.shape
+  out0, cache = _encode_chunk(spec, enc, video[:, :1], {}, first=True)  # [B, 1, h, w, 2z]
+  outs = [out0]
+  k = (t - 1) // spec.temporal_factor
+  if k:
+    chunks = video[:, 1:].reshape(b, k, spec.temporal_factor, h, w, c)  # [B, k, 4, H, W, 3]
+    chunks = jnp.moveaxis(chunks, 1, 0)  # [k, B, 4, H, W, 3]
+
+    def step(carry, chunk):
+      out, carry = _encode_chunk(spec, enc, chunk, carry, first=False)
+      return carry, out[:, 0]  # [B, h, w, 2z]
+
+    _, rest = jax.lax.scan(step, cache, chunks)  # [k, B, h, w, 2z]
+    outs.append(jnp.moveaxis(rest, 0, 1))
+  out = jnp.concatenate(outs, axis=1)  # [B, F, h, w, 2z]
+  mu = L.conv3d(params["quant_conv"], out)[..., :spec.z_dim]  # [B, F, h, w, z]
+  mean, std = _stats(jnp.float32)
+  return (mu - mean) / std
+
+
+def _post_quant(p: dict, z: Array, dtype) -> Array:
+  mean, std = _stats(jnp.float32)
+  z = (z * std + mean).astype(dtype)  # [B, n, h, w, z]
+  return L.conv3d(p["post_quant_conv"], z)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _decode_first(spec: VAESpec, p: dict, convs: dict, z: Array):
+  """The very first latent frame [B, 1, h, w, z] -> (caches, 1 video frame [B, 1, H, W, 3])."""
+  dtype = p["post_quant_conv"]["kernel"].dtype
+  x, new = _decode_frame(spec, p, _post_quant(p, z, dtype), convs, first=True)
+  return new, x.astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _decode_later(spec: VAESpec, p: dict, convs: dict, z: Array):
+  """Later latent frames [B, n, h, w, z] one at a time (lax.scan) -> (caches, [B, 4n, H, W, 3])."""
+  dtype = p["post_quant_conv"]["kernel"].dtype
+  x = jnp.moveaxis(_post_quant(p, z, dtype), 1, 0)[:, :, None]  # [n, B, 1, h, w, z]
+
+  def step(carry, frame):
+    out, carry = _decode_frame(spec, p, frame, carry, first=False)
+    return carry, out.astype(jnp.float32)  # [B, 4, H, W, 3]
+
+  convs, frames = jax.lax.scan(step, convs, x)  # [n, B, 4, H, W, 3]
+  frames = jnp.moveaxis(frames, 0, 1)  # [B, n, 4, H, W, 3]
+  return convs, frames.reshape((frames.shape[0], -1) + frames.shape[3:])  # [B, 4n, H, W, 3]
+
+
 class WanVAE:
   """The Wan VAE bound to its params: `encode`, `decode`, `init_decode_cache`, `decode_chunk`.
 
@@ -147,9 +203,6 @@ class WanVAE:
     self.params = _cast(params, jnp.float32)
     self._decoder_params = _cast({"post_quant_conv": params["post_quant_conv"],
                                   **params["decoder"]}, self.dtype)
-    self._encode = jax.jit(self._encode_impl)
-    self._first = jax.jit(self._first_impl)
-    self._later = jax.jit(self._later_impl)
 
   # ---------------------------------------------------------------- checks
   def _check_pixels(self, video: Array) -> None:
@@ -165,34 +218,12 @@ class WanVAE:
       raise ConfigError(f"latents must be [B, F >= 1, h, w, {self.spec.z_dim}], "
                         f"got {tuple(latents.shape)}")
 
-  # ---------------------------------------------------------------- encode
+  # ---------------------------------------------------------------- encode / decode
   def encode(self, video: Array) -> Array:
     """[B, T, H, W, 3] in [-1, 1] -> normalised latent means [B, F, H/8, W/8, z] (float32)."""
     self._check_pixels(video)
-    return self._encode(self.params, jnp.asarray(video, jnp.float32))
+    return _encode_video(self.spec, self.params, jnp.asarray(video, jnp.float32))
 
-  def _encode_impl(self, params: dict, video: Array) -> Array:
-    spec, enc = self.spec, params["encoder"]
-    b, t, h, w, c = video.shape
-    out0, cache = _encode_chunk(spec, enc, video[:, :1], {}, first=True)  # [B, 1, h, w, 2z]
-    outs = [out0]
-    k = (t - 1) // spec.temporal_factor
-    if k:
-      chunks = video[:, 1:].reshape(b, k, spec.temporal_factor, h, w, c)  # [B, k, 4, H, W, 3]
-      chunks = jnp.moveaxis(chunks, 1, 0)  # [k, B, 4, H, W, 3]
-
-      def step(carry, chunk):
-        out, carry = _encode_chunk(spec, enc, chunk, carry, first=False)
-        return carry, out[:, 0]  # [B, h, w, 2z]
-
-      _, rest = jax.lax.scan(step, cache, chunks)  # [k, B, h, w, 2z]
-      outs.append(jnp.moveaxis(rest, 0, 1))
-    out = jnp.concatenate(outs, axis=1)  # [B, F, h, w, 2z]
-    mu = L.conv3d(params["quant_conv"], out)[..., :spec.z_dim]  # [B, F, h, w, z]
-    mean, std = _stats(jnp.float32)
-    return (mu - mean) / std
-
-  # ---------------------------------------------------------------- decode
   def decode(self, latents: Array) -> Array:
     """[B, F, h, w, z] normalised latents -> [B, 1 + 4 (F - 1), 8h, 8w, 3] float32, not clamped."""
     self._check_latents(latents)
@@ -213,34 +244,14 @@ class WanVAE:
     z = jnp.asarray(latents, jnp.float32)
     convs, outs = cache.convs, []
     if not cache.started:
-      convs, frame0 = self._first(self._decoder_params, convs, z[:, :1])  # [B, 1, H, W, 3]
-      outs.append(frame0)
+      convs, frame0 = _decode_first(self.spec, self._decoder_params, convs, z[:, :1])
+      outs.append(frame0)  # [B, 1, H, W, 3]
       z = z[:, 1:]
     if z.shape[1]:
-      convs, frames = self._later(self._decoder_params, convs, z)  # [B, 4n, H, W, 3]
-      outs.append(frames)
+      convs, frames = _decode_later(self.spec, self._decoder_params, convs, z)
+      outs.append(frames)  # [B, 4n, H, W, 3]
     video = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
     return DecodeCache(convs=convs, started=True), video
-
-  def _prepare(self, p: dict, z: Array) -> Array:
-    mean, std = _stats(jnp.float32)
-    z = (z * std + mean).astype(self.dtype)  # [B, n, h, w, z]
-    return L.conv3d(p["post_quant_conv"], z)
-
-  def _first_impl(self, p: dict, convs: dict, z: Array):
-    x, new = _decode_frame(self.spec, p, self._prepare(p, z), convs, first=True)
-    return new, x.astype(jnp.float32)
-
-  def _later_impl(self, p: dict, convs: dict, z: Array):
-    x = jnp.moveaxis(self._prepare(p, z), 1, 0)[:, :, None]  # [n, B, 1, h, w, z]
-
-    def step(carry, frame):
-      out, carry = _decode_frame(self.spec, p, frame, carry, first=False)
-      return carry, out.astype(jnp.float32)  # [B, 4, H, W, 3]
-
-    convs, frames = jax.lax.scan(step, convs, x)  # [n, B, 4, H, W, 3]
-    frames = jnp.moveaxis(frames, 0, 1)  # [B, n, 4, H, W, 3]
-    return convs, frames.reshape((frames.shape[0], -1) + frames.shape[3:])  # [B, 4n, H, W, 3]
 
 
 def output_frames(spec: VAESpec, latent_frames: int, started: bool) -> int:
