@@ -135,3 +135,32 @@ def test_config_errors_in_process(weights, tmp_path):
   config.autoencoder.kind = "toy"
   with pytest.raises(ConfigError, match="--image needs"):
     generate.encode_image(config, generate.make_autoencoder(config, spec), "x.png")
+
+
+def test_encode_writes_a_latent_folder(weights, tmp_path):
+  import json  # pylint: disable=import-outside-toplevel
+  import tiny_pretrained_config  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.data.latent_folder import LatentFolderSource  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.encode import chunk_frame_range, encode_folder  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.video_io import write_video  # pylint: disable=import-outside-toplevel
+  videos = tmp_path / "videos"
+  videos.mkdir()
+  rng = np.random.default_rng(0)
+  write_video(videos / "clip.mp4", rng.integers(0, 255, (22, 40, 48, 3), np.uint8), fps=8)
+  write_video(videos / "short.mp4", rng.integers(0, 255, (4, 32, 32, 3), np.uint8), fps=8)
+  (videos / "captions.json").write_text(json.dumps({
+      "clip.mp4": [{"start": 0, "end": 1.5, "caption": "a cat walks on the beach"},
+                   {"start": 1.5, "end": 9, "caption": "waves crash on dark rocks"}],
+      "short.mp4": [{"start": 0, "end": 1, "caption": "a dog"}]}))
+  messages = []
+  config = tiny_pretrained_config.get_config(str(weights))
+  assert encode_folder(config, str(videos), "", str(tmp_path / "latents"),
+                       log=messages.append) == 1
+  assert any("skipping short.mp4" in m for m in messages)
+  source = LatentFolderSource(str(tmp_path / "latents"))
+  example = source[0]
+  assert example["latents"].shape == (2 * FRAMES_PER_CHUNK, 4, 4, 16)  # 21 of 22 frames used
+  assert example["context"].shape == (2, 16, 32)
+  assert not np.array_equal(example["context"][0], example["context"][1])  # two captions
+  assert source.null_context().shape == (16, 32)
+  assert chunk_frame_range(0, 3) == (0, 8) and chunk_frame_range(1, 3) == (9, 20)
