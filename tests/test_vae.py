@@ -206,3 +206,30 @@ def test_not_a_vae(tmp_path):
   save_file({"foo.weight": np.zeros((2, 2), np.float32)}, str(tmp_path / "x.safetensors"))
   with pytest.raises(ConvertError, match="not a Wan VAE"):
     load_wan_vae(tmp_path / "x.safetensors")
+
+
+def test_safetensors_weights_need_no_torch(tmp_path):
+  """Loading the VAE and umT5 from safetensors and decoding never imports torch."""
+  import os  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.convert.umt5 import expected_shapes  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.convert.wan_vae import random_state_dict  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.models.umt5 import UMT5Spec  # pylint: disable=import-outside-toplevel
+  save_file(random_state_dict(TINY), str(tmp_path / "vae.safetensors"))
+  t5 = UMT5Spec(vocab_size=50, dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=1)
+  save_file({k: np.zeros(s, np.float32) for k, s in expected_shapes(t5, "wan").values()},
+            str(tmp_path / "t5.safetensors"))
+  script = (
+      "import sys, numpy as np\n"
+      "from blockvid_jax.convert import load_umt5, load_wan_vae\n"
+      "from blockvid_jax.models.vae import WanVAE\n"
+      f"spec, p = load_wan_vae({str(tmp_path / 'vae.safetensors')!r})\n"
+      "WanVAE(spec, p).decode(np.zeros((1, 2, 2, 2, 16), np.float32))\n"
+      f"load_umt5({str(tmp_path / 't5.safetensors')!r})\n"
+      "assert 'torch' not in sys.modules, 'torch was imported'\n")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONPATH=root)
+  r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                     cwd=str(tmp_path), timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
