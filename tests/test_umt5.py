@@ -179,6 +179,22 @@ def test_params_carry_logical_axis_names():
   assert set(flat) == set(shapes)
 
 
+def test_sharded_params_give_the_same_output(inputs):
+  """Params placed by their logical names on a data x fsdp x tensor mesh (8 fake CPU devices)."""
+  from blockvid_jax import parallel  # pylint: disable=import-outside-toplevel
+  ids, mask = inputs
+  boxed = jax.eval_shape(UMT5Encoder(TINY).init, jax.random.key(0), ids, mask)["params"]
+  params = UMT5Encoder(TINY).init(jax.random.key(0), ids, mask)["params"]
+  params = nn.unbox(params)
+  expected = _encode(TINY, params, ids, mask)
+  mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  shardings = parallel.logical_to_sharding(nn.get_partition_spec(boxed), mesh)
+  sharded = jax.device_put(params, shardings)
+  q = sharded["block_0"]["attn"]["q"]["kernel"]
+  assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+  np.testing.assert_allclose(_encode(TINY, sharded, ids, mask), expected, rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------ tokenizer
 @pytest.fixture(scope="module")
 def spm_model(tmp_path_factory):
