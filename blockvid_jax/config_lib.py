@@ -40,12 +40,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.video.fps = 8                         # frames per second of written videos
 
   c.text = ml_collections.ConfigDict()
-  c.text.encoder = "toy"                  # toy (built-in) | umt5 (user weights; not in this release)
+  c.text.encoder = "toy"                  # toy (built-in) | umt5 (weights from text.checkpoint)
   c.text.max_len = 16                     # text tokens T per prompt
+  c.text.checkpoint = ""                  # umt5: models_t5_umt5-xxl-enc-bf16.pth / HF encoder dir
+  c.text.tokenizer = ""                   # umt5: tokenizer.json / spiece.model / their folder
+  c.text.dtype = "float32"                # umt5 params and matmuls (float32 | bfloat16)
+  c.text.negative_prompt = ""             # CFG unconditional prompt (encoded, never zeros)
 
   c.autoencoder = ml_collections.ConfigDict()
-  c.autoencoder.kind = "toy"              # toy space-to-depth (exact) | wan_vae (user weights)
+  c.autoencoder.kind = "toy"              # toy space-to-depth (exact) | wan (Wan2.1 VAE; = wan_vae)
   c.autoencoder.factor = 2                # toy space-to-depth factor (pixels per latent side)
+  c.autoencoder.checkpoint = ""           # wan: Wan2.1_VAE.pth / safetensors ("" = latents only)
+  c.autoencoder.dtype = "float32"         # wan: decoder compute dtype (float32 | bfloat16)
 
   c.cache = ml_collections.ConfigDict()
   c.cache.mode = "sparse"                 # sparse (semantic bank) | window (sink+local) | full
@@ -98,4 +104,24 @@ def validate(config: ml_collections.ConfigDict) -> DiTSpec:
     if v.latent_height % ph or v.latent_width % pw:
       raise ConfigError(f"video.latent_height/width ({v.latent_height}, {v.latent_width}) must be "
                         f"multiples of the patch size {spec.patch_size[1:]}")
+  _check_pretrained(config)
   return spec
+
+
+TEXT_ENCODERS = ("toy", "umt5")
+AUTOENCODERS = ("toy", "wan", "wan_vae")
+
+
+def _check_pretrained(config) -> None:
+  """Known kinds, and every pretrained-weights path that is given exists."""
+  text, ae = config.get("text"), config.get("autoencoder")
+  if text is not None and text.encoder not in TEXT_ENCODERS:
+    raise ConfigError(f"text.encoder must be one of {TEXT_ENCODERS}, got {text.encoder!r}")
+  if ae is not None and ae.kind not in AUTOENCODERS:
+    raise ConfigError(f"autoencoder.kind must be one of {AUTOENCODERS}, got {ae.kind!r}")
+  for name, group, field in (("text.checkpoint", text, "checkpoint"),
+                             ("text.tokenizer", text, "tokenizer"),
+                             ("autoencoder.checkpoint", ae, "checkpoint")):
+    path = group.get(field, "") if group is not None else ""
+    if path and not os.path.exists(os.path.expanduser(path)):
+      raise ConfigError(f"{name} {path!r} does not exist")

@@ -6,6 +6,7 @@ The library behind `python -m blockvid_jax.sample` and the Colab notebook. User 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -71,12 +72,88 @@ def chunk_prompts(prompts: Sequence[str], num_chunks: int) -> list[str]:
 
 
 def make_text_encoder(config, spec: DiTSpec):
-  """The text encoder named by `config.text.encoder` (`toy` built in)."""
+  """The text encoder named by `config.text.encoder`: `toy` (built in) or `umt5` (user weights)."""
+  if config.text.encoder == "umt5":
+    return _umt5_encoder(config.text, spec)
   if config.text.encoder != "toy":
-    raise ConfigError(f"text.encoder={config.text.encoder!r} needs pre-encoded embeddings; only "
-                      "'toy' encodes prompts in this release")
+    raise ConfigError(f"text.encoder={config.text.encoder!r} is not one of 'toy', 'umt5'")
   from blockvid_jax.models.text import ToyTextEncoder  # pylint: disable=import-outside-toplevel
   return ToyTextEncoder(text_dim=spec.text_dim, max_len=config.text.max_len, seed=config.seed)
+
+
+def _need_path(group, dotted: str, why: str) -> str:
+  """The path in config field `dotted` (e.g. "text.checkpoint"): required and existing."""
+  path = group.get(dotted.rsplit(".", 1)[-1], "")
+  if not path:
+    raise ConfigError(f"{why} needs {dotted} (a path; see configs/self_forcing_1_3b.py)")
+  if not os.path.exists(os.path.expanduser(path)):
+    raise ConfigError(f"{dotted} {path!r} does not exist")
+  return path
+
+
+def _umt5_encoder(text, spec: DiTSpec):
+  """umT5 weights (text.checkpoint) + tokenizer (text.tokenizer), checked against the DiT width."""
+  from blockvid_jax.convert import ConvertError, load_umt5  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.models.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.models.umt5 import UMT5TextEncoder  # pylint: disable=import-outside-toplevel
+  checkpoint = _need_path(text, "text.checkpoint", "text.encoder='umt5'")
+  tokenizer = Tokenizer(_need_path(text, "text.tokenizer", "text.encoder='umt5'"), text.max_len)
+  try:
+    uspec, params = load_umt5(checkpoint, dtype=text.get("dtype", "float32"))
+  except ConvertError as e:
+    raise ConfigError(f"text.checkpoint: {e}") from None
+  if uspec.dim != spec.text_dim:
+    raise ConfigError(f"text.checkpoint {checkpoint!r} is a umT5 of width {uspec.dim}, but the DiT "
+                      f"expects text_dim {spec.text_dim}")
+  if max(tokenizer.pad_id, tokenizer.eos_id) >= uspec.vocab_size:
+    raise ConfigError(f"text.tokenizer {tokenizer.path!r} does not match the {uspec.vocab_size}-word "
+                      f"vocabulary of text.checkpoint")
+  uspec = dataclasses.replace(uspec, dtype=text.get("dtype", "float32"))
+  return UMT5TextEncoder(uspec, params, tokenizer)
+
+
+def make_autoencoder(config, spec: DiTSpec):
+  """The Wan VAE of `autoencoder.checkpoint` (kind 'wan'), or None (toy, or latents only)."""
+  ae = config.autoencoder
+  if ae.kind not in ("wan", "wan_vae") or not ae.get("checkpoint", ""):
+    return None
+  from blockvid_jax.convert import ConvertError, load_wan_vae  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.models.vae import WanVAE  # pylint: disable=import-outside-toplevel
+  path = _need_path(ae, "autoencoder.checkpoint", "autoencoder.kind='wan'")
+  try:
+    vspec, params = load_wan_vae(path)
+  except ConvertError as e:
+    raise ConfigError(f"autoencoder.checkpoint: {e}") from None
+  if vspec.z_dim != spec.in_channels:
+    raise ConfigError(f"autoencoder.checkpoint {path!r} has {vspec.z_dim} latent channels, the DiT "
+                      f"{spec.in_channels}")
+  return WanVAE(vspec, params, dtype=ae.get("dtype", "float32"))
+
+
+def to_uint8(pixels) -> np.ndarray:
+  """Pixels in [-1, 1] (clamped) -> uint8."""
+  return np.clip(np.round((np.asarray(pixels) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def encode_image(config, vae, path: str) -> jax.Array:
+  """I2V: an image file -> resized (cover) + centre-cropped -> VAE latents [1, 1, h, w, C]."""
+  if vae is None:
+    raise ConfigError("--image needs autoencoder.kind='wan' with autoencoder.checkpoint")
+  from PIL import Image, UnidentifiedImageError  # pylint: disable=import-outside-toplevel
+  s = vae.spec.spatial_factor
+  height, width = config.video.latent_height * s, config.video.latent_width * s
+  try:
+    with Image.open(path) as im:
+      im = im.convert("RGB")
+      scale = max(height / im.height, width / im.width)
+      size = (max(width, round(im.width * scale)), max(height, round(im.height * scale)))
+      im = im.resize(size, Image.Resampling.BICUBIC)
+      left, top = (size[0] - width) // 2, (size[1] - height) // 2
+      pixels = np.asarray(im.crop((left, top, left + width, top + height)), np.float32)
+  except (OSError, UnidentifiedImageError) as e:
+    raise ConfigError(f"cannot read image {path!r}: {str(e).splitlines()[0]}") from None
+  video = (pixels / 127.5 - 1.0)[None, None]  # [1, 1, H, W, 3]
+  return vae.encode(video)  # [1, 1, h, w, C]
 
 
 def encode_chunks(encoder, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array]:
@@ -142,11 +219,12 @@ class Progress:
   def __init__(self, total: int, stream=sys.stderr):
     self.total, self.stream, self.start = total, stream, time.perf_counter()
 
-  def update(self, done: int):
+  def update(self, done: int, frames: Optional[int] = None):
     now = time.perf_counter()
     rate = done / max(now - self.start, 1e-9)  # includes compilation: the honest wall-clock rate
     bar = "#" * int(30 * done / self.total)
-    self.stream.write(f"\rchunk {done}/{self.total} [{bar:<30}] {rate:6.2f} chunks/s")
+    written = "" if frames is None else f", {frames} frames written"
+    self.stream.write(f"\rchunk {done}/{self.total} [{bar:<30}] {rate:6.2f} chunks/s{written}")
     if done == self.total:
       self.stream.write(f"  ({now - self.start:.1f}s)\n")
     self.stream.flush()
@@ -154,14 +232,24 @@ class Progress:
 
 def generate(config, prompts: Sequence[str], num_chunks: int, seed: int, params=None,
              checkpoint: Optional[str] = None, progress: bool = True,
-             warn: Callable[[str], None] = lambda m: print(f"warning: {m}", file=sys.stderr)):
-  """Samples one video. Returns (latents [1, C*Fc, X, Y, 16], pixels uint8 [C*Fc, H, W, 3] or None)."""
+             warn: Callable[[str], None] = lambda m: print(f"warning: {m}", file=sys.stderr),
+             frame_sink: Optional[Callable[[np.ndarray], None]] = None,
+             image: Optional[str] = None):
+  """Samples one video. Returns (latents [1, C*Fc, X, Y, 16], pixels uint8 [T, H, W, 3] or None).
+
+  With the Wan VAE (autoencoder.checkpoint) every chunk is decoded (`decode_chunk`) as soon as it
+  is generated; with `frame_sink` its uint8 frames go there (a streaming video writer) and pixels
+  is None. `image`: I2V, the VAE-encoded image conditions the first chunk's first latent frame.
+  """
   per_chunk = chunk_prompts(prompts, num_chunks)
   spec, sampler = build_sampler(config)
+  vae = make_autoencoder(config, spec)
+  first_frame = encode_image(config, vae, image) if image else None
+  encoder = make_text_encoder(config, spec)
   if params is None:
     params = load_or_init(config, spec, checkpoint, warn)
-  texts, pooled = encode_chunks(make_text_encoder(config, spec), per_chunk)
-  null_text, _ = encode_chunks(make_text_encoder(config, spec), [""])
+  texts, pooled = encode_chunks(encoder, per_chunk)
+  null_text, _ = encode_chunks(encoder, [config.text.get("negative_prompt", "")])
   segment_fn = None
   if jax.device_count() > 1:
     mesh = parallel.make_mesh(dict(data=config.mesh.data, fsdp=config.mesh.fsdp,
@@ -169,14 +257,25 @@ def generate(config, prompts: Sequence[str], num_chunks: int, seed: int, params=
     segment_fn, p_sh = sharded_segment_fn(sampler, spec, mesh, batch=1)
     params = jax.device_put(params, p_sh)
   bar = Progress(num_chunks) if progress else None
-  chunks = []
+  chunks, pixel_chunks, written = [], [], 0
+  decoder = vae.init_decode_cache(1, *sampler.chunk_shape[1:3]) if vae else None
   for i, x in sampler.stream(params, texts, pooled, jax.random.key(seed), null_text=null_text[0],
-                             segment_fn=segment_fn):
+                             first_frame=first_frame, segment_fn=segment_fn):
     chunks.append(np.asarray(x))
+    if vae is not None:
+      decoder, frames = vae.decode_chunk(decoder, chunks[-1])               # [1, t, H, W, 3]
+      frames = to_uint8(frames[0])                                          # [t, H, W, 3]
+      written += frames.shape[0]
+      if frame_sink is None:
+        pixel_chunks.append(frames)
+      else:
+        frame_sink(frames)
     if bar:
-      bar.update(i + 1)
+      bar.update(i + 1, written if vae is not None else None)
   latents = np.concatenate(chunks, axis=1)                                  # [1, C*Fc, X, Y, 16]
-  return latents, decode_pixels(config, latents)
+  if vae is None:
+    return latents, decode_pixels(config, latents)
+  return latents, (np.concatenate(pixel_chunks) if pixel_chunks else None)
 
 
 def decode_pixels(config, latents: np.ndarray) -> Optional[np.ndarray]:
@@ -184,8 +283,7 @@ def decode_pixels(config, latents: np.ndarray) -> Optional[np.ndarray]:
   if config.autoencoder.kind != "toy":
     return None
   from blockvid_jax.models.toy_autoencoder import decode  # pylint: disable=import-outside-toplevel
-  pix = np.asarray(decode(jnp.asarray(latents), config.autoencoder.factor))[0]  # [T, H, W, 3]
-  return np.clip(np.round((pix + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  return to_uint8(decode(jnp.asarray(latents), config.autoencoder.factor)[0])  # [T, H, W, 3]
 
 
 def check_output_path(path: str) -> str:
@@ -211,7 +309,8 @@ def save_output(path: str, latents: np.ndarray, pixels: Optional[np.ndarray], fp
         os.remove(tmp)
     return path
   if pixels is None:
-    raise ConfigError("this autoencoder cannot decode here; write the latents with --out FILE.npy")
+    raise ConfigError("no decoder: set autoencoder.checkpoint (Wan VAE) or write the latents with "
+                      "--out FILE.npy")
   from blockvid_jax.video_io import write_video  # pylint: disable=import-outside-toplevel
   with warnings.catch_warnings():  # ffmpeg runs as a subprocess; JAX warns on any fork
     warnings.filterwarnings("ignore", message="os.fork()")

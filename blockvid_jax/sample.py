@@ -1,7 +1,7 @@
 """CLI: sample a long video chunk by chunk with the sparse KV cache.
 
   python -m blockvid_jax.sample --config configs/toy_cpu.py [--checkpoint DIR] --prompts FILE \
-      --num_chunks N --seed S --out out.mp4      (.mp4 | .gif | .npy latents)
+      --num_chunks N --seed S --out out.mp4      (.mp4 | .gif | .npy latents) [--image first.png]
 
 Prompts: `.txt` (one prompt per line, each for --chunks_per_prompt chunks) or `.json`
 ([{"prompt": ..., "chunks": n}, ...]); the narrative is cycled to --num_chunks. User errors print one
@@ -23,6 +23,15 @@ _NUM_CHUNKS = flags.DEFINE_integer("num_chunks", None, "Chunks to generate (defa
 _CHUNKS_PER_PROMPT = flags.DEFINE_integer("chunks_per_prompt", 1, "Chunks per .txt prompt line.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _OUT = flags.DEFINE_string("out", "outputs/video.mp4", "Output .mp4 / .gif / .npy path.")
+_IMAGE = flags.DEFINE_string("image", None, "I2V: first-frame image (resized + centre-cropped, "
+                             "VAE-encoded; needs autoencoder.kind='wan').")
+
+
+def _streams(config, out: str) -> bool:
+  """Frames go straight to the .mp4 as chunks are decoded (Wan VAE with weights)."""
+  ae = config.autoencoder
+  return (out.lower().endswith(".mp4") and ae.kind in ("wan", "wan_vae")
+          and bool(ae.get("checkpoint", "")))
 
 
 def main(argv):
@@ -42,13 +51,20 @@ def main(argv):
     num = config.sample.num_chunks if _NUM_CHUNKS.value is None else _NUM_CHUNKS.value
     prompts = generate.read_prompts(_PROMPTS.value, _CHUNKS_PER_PROMPT.value)
     generate.chunk_prompts(prompts, num)
-    latents, pixels = generate.generate(config, prompts, num, _SEED.value,
-                                        checkpoint=_CHECKPOINT.value)
-    path = generate.save_output(_OUT.value, latents, pixels, config.video.fps)
+    if _streams(config, _OUT.value):
+      from blockvid_jax.video_io import VideoWriter  # pylint: disable=import-outside-toplevel
+      with VideoWriter(_OUT.value, fps=config.video.fps) as writer:
+        generate.generate(config, prompts, num, _SEED.value, checkpoint=_CHECKPOINT.value,
+                          frame_sink=writer.append, image=_IMAGE.value)
+      path, frames = _OUT.value, writer.frames
+    else:
+      latents, pixels = generate.generate(config, prompts, num, _SEED.value,
+                                          checkpoint=_CHECKPOINT.value, image=_IMAGE.value)
+      path = generate.save_output(_OUT.value, latents, pixels, config.video.fps)
+      frames = latents.shape[1] if pixels is None else pixels.shape[0]
   except (ConfigError, ValueError) as e:
     print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
     sys.exit(2)
-  frames = latents.shape[1] if pixels is None else pixels.shape[0]
   print(f"wrote {path}: {num} chunks, {frames} frames")
 
 

@@ -111,15 +111,21 @@ def pad_to_even(frames: np.ndarray) -> np.ndarray:
   return np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
 
 
-def _write_mp4(tmp: str, frames: np.ndarray, fps: float, crf: int) -> None:
+def _mp4_writer(tmp: str, width: int, height: int, fps: float, crf: int):
+  """A started imageio-ffmpeg generator: send() one contiguous rgb24 frame at a time."""
   import imageio_ffmpeg
-  frames = pad_to_even(frames)                                         # [T, H', W', 3]
-  _, h, w, _ = frames.shape
   writer = imageio_ffmpeg.write_frames(
-      tmp, (w, h), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
+      tmp, (width, height), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
       quality=None, macro_block_size=1, ffmpeg_log_level="error",
       output_params=["-crf", str(crf), "-f", "mp4"])
   writer.send(None)  # start ffmpeg
+  return writer
+
+
+def _write_mp4(tmp: str, frames: np.ndarray, fps: float, crf: int) -> None:
+  frames = pad_to_even(frames)                                         # [T, H', W', 3]
+  _, h, w, _ = frames.shape
+  writer = _mp4_writer(tmp, w, h, fps, crf)
   try:
     for frame in frames:
       writer.send(np.ascontiguousarray(frame).tobytes())
@@ -133,6 +139,14 @@ def _write_gif(tmp: str, frames: np.ndarray, fps: float) -> None:
   duration = max(1, int(round(1000.0 / fps)))
   images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=duration,
                  loop=0, optimize=False)
+
+
+def _publish(tmp: str, path: Path) -> None:
+  """Gives the temporary file the user's usual mode (mkstemp makes 0600) and renames it into place."""
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o666 & ~umask)
+  os.replace(tmp, path)
 
 
 def write_video(path: PathLike, frames, fps: float = 8, crf: int = 18) -> Path:
@@ -157,10 +171,7 @@ def write_video(path: PathLike, frames, fps: float = 8, crf: int = 18) -> Path:
       _write_mp4(tmp, frames, fps, crf)
     else:
       _write_gif(tmp, frames, fps)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the user's usual mode
-    os.replace(tmp, p)
+    _publish(tmp, p)
   except BaseException as err:  # also Ctrl-C: never leave the temporary file behind
     if os.path.exists(tmp):
       os.remove(tmp)
@@ -168,3 +179,71 @@ def write_video(path: PathLike, frames, fps: float = 8, crf: int = 18) -> Path:
       raise
     raise VideoError(f"{p}: writing failed ({_one_line(err)})") from None
   return p
+
+
+class VideoWriter:
+  """Streams uint8 frames into an `.mp4` as they are produced (memory does not grow with length).
+
+    with VideoWriter("out.mp4", fps=16) as w:
+      w.append(frames)          # [t, H, W, 3] uint8, any number of times, same H and W
+
+  Atomic like `write_video`: frames go to a temporary file in the destination directory, renamed on
+  a clean exit; an exception (or `abort()`) removes it and leaves the destination untouched.
+  """
+
+  def __init__(self, path: PathLike, fps: float = 8, crf: int = 18):
+    self.path = Path(path)
+    if self.path.suffix.lower() != ".mp4":
+      raise ValueError(f"{self.path}: VideoWriter writes .mp4 only")
+    if fps <= 0:
+      raise ValueError(f"fps must be > 0, got {fps}")
+    self.fps, self.crf, self.frames = fps, crf, 0
+    self._writer, self._size, self._tmp = None, None, None
+
+  def __enter__(self) -> "VideoWriter":
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    if exc_type is None:
+      self.close()
+    else:
+      self.abort()
+
+  def append(self, frames) -> None:
+    frames = pad_to_even(_check_frames(frames))                        # [t, H', W', 3]
+    if self._writer is None:
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".tmp.mp4",
+                                       dir=self.path.parent)
+      os.close(fd)
+      self._size = frames.shape[1:3]
+      self._writer = _mp4_writer(self._tmp, self._size[1], self._size[0], self.fps, self.crf)
+    elif frames.shape[1:3] != self._size:
+      raise ValueError(f"frame size {frames.shape[1:3]} differs from the first {self._size}")
+    for frame in frames:
+      self._writer.send(np.ascontiguousarray(frame).tobytes())
+    self.frames += frames.shape[0]
+
+  def close(self) -> Path:
+    """Finishes the file and renames it into place; returns the path."""
+    if self._writer is None:
+      raise ValueError(f"{self.path}: no frames were written")
+    try:
+      self._writer.close()
+      _publish(self._tmp, self.path)
+    except Exception as err:  # noqa: BLE001
+      self.abort()
+      raise VideoError(f"{self.path}: writing failed ({_one_line(err)})") from None
+    self._writer = None
+    return self.path
+
+  def abort(self) -> None:
+    """Stops ffmpeg and removes the temporary file."""
+    if self._writer is not None:
+      try:
+        self._writer.close()
+      except Exception:  # noqa: BLE001 - we are discarding the file anyway
+        pass
+      self._writer = None
+    if self._tmp and os.path.exists(self._tmp):
+      os.remove(self._tmp)

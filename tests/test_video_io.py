@@ -1,5 +1,7 @@
 """video_io: mp4 / gif round trips, odd sizes, one-line errors, atomic writes."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -80,3 +82,18 @@ def test_failed_write_leaves_nothing_and_keeps_old_file(tmp_path, monkeypatch):
   assert "\n" not in str(e.value)
   assert dest.read_bytes() == b"old content"
   assert [p.name for p in tmp_path.iterdir()] == ["keep.mp4"]
+
+
+def test_streaming_writer_appends_and_is_atomic(tmp_path):
+  from blockvid_jax.video_io import VideoWriter
+  rng = np.random.default_rng(0)
+  out = tmp_path / "s.mp4"
+  with VideoWriter(out, fps=8) as w:
+    w.append(rng.integers(0, 255, (1, 16, 16, 3), dtype=np.uint8))
+    w.append(rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8))
+  assert w.frames == 5 and video_io.read_video(out).shape == (5, 16, 16, 3)
+  with pytest.raises(RuntimeError):
+    with VideoWriter(tmp_path / "t.mp4") as w:
+      w.append(np.zeros((2, 16, 16, 3), np.uint8))
+      raise RuntimeError("generation failed")
+  assert sorted(os.listdir(tmp_path)) == ["s.mp4"]

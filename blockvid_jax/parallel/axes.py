@@ -21,6 +21,9 @@ PARAM_AXES = {
     "freq": "sinusoidal time-embedding width",
     "text_embed": "text encoder width E",
     "patch": "pt*ph*pw*C patch channels",
+    "vocab": "text-encoder vocabulary rows of the token embedding",
+    "rel_buckets": "relative-position buckets of a T5 bias table",
+    "rel_heads": "heads of a T5 relative-position bias table",
 }
 # Activation and cache axes.
 ACTIVATION_AXES = {
@@ -56,6 +59,9 @@ LOGICAL_RULES: tuple[tuple[str, object], ...] = (
     ("freq", None),
     ("text_embed", None),
     ("patch", None),
+    ("vocab", None),
+    ("rel_buckets", None),
+    ("rel_heads", None),
 )
 
 

@@ -1,0 +1,166 @@
+"""End to end with "public" weights: tiny DiT + Wan VAE + umT5 + tokenizer written in their original
+formats -> `python -m blockvid_jax.convert` (DiT) -> `python -m blockvid_jax.sample` streams an mp4;
+I2V with --image; missing or mismatched weights give one line, exit 2 and no file.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from blockvid_jax.convert.umt5 import expected_shapes
+from blockvid_jax.convert.wan_vae import random_state_dict
+from blockvid_jax.models.umt5 import UMT5Spec
+from blockvid_jax.models.vae import VAESpec
+from wan_reference import random_wan_weights  # tests/ is on sys.path
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "tests", "tiny_pretrained_config.py")
+FRAMES_PER_CHUNK = 3
+T5 = UMT5Spec(vocab_size=300, dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=2)
+VAE = VAESpec(dim=8, dim_mult=(1, 2, 2, 2), num_res_blocks=1)
+
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
+
+
+def _run(module: str, *args, timeout=600):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                        timeout=timeout, env=env, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+  """DIR with the VAE, umT5 and tokenizer files, and the converted DiT params directory."""
+  torch = pytest.importorskip("torch")
+  spm = pytest.importorskip("sentencepiece")
+  folder = tmp_path_factory.mktemp("weights")
+  rng = np.random.default_rng(0)
+  torch.save({k: torch.from_numpy(v) for k, v in random_state_dict(VAE).items()},
+             str(folder / "Wan2.1_VAE.pth"))
+  t5 = {key: (rng.normal(size=shape) * (0.2 if len(shape) > 1 else 1.0)).astype(np.float32)
+        for key, shape in expected_shapes(T5, "wan").values()}
+  torch.save({k: torch.from_numpy(v).to(torch.bfloat16) for k, v in t5.items()},
+             str(folder / "models_t5_umt5-xxl-enc-bf16.pth"))
+  corpus = folder / "corpus.txt"
+  corpus.write_text("\n".join(["a cat walks on the beach", "the dog runs in a green park",
+                               "waves crash on dark rocks at night"] * 5))
+  spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(folder / "spiece"),
+                                 vocab_size=50, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                 hard_vocab_limit=False)
+  dit = folder / "dit.safetensors"
+  save_file(random_wan_weights(0, dim=48, ffn_dim=96, num_layers=2, text_dim=32, freq_dim=32),
+            str(dit))
+  r = _run("blockvid_jax.convert", "--src", str(dit), "--out", str(folder / "dit_params"),
+           "--num_heads", "4")
+  assert r.returncode == 0, r.stderr[-2000:]
+  return folder
+
+
+@pytest.fixture()
+def prompts(tmp_path):
+  p = tmp_path / "p.txt"
+  p.write_text("a cat walks on the beach\nwaves crash on dark rocks\n")
+  return str(p)
+
+
+def _sample(weights, out, prompts, *extra):
+  return _run("blockvid_jax.sample", "--config", f"{CONFIG}:{weights}", "--checkpoint",
+              str(weights / "dit_params"), "--prompts", prompts, "--num_chunks", "3",
+              "--out", str(out), *extra)
+
+
+def test_streams_an_mp4_with_the_exact_frame_count(weights, prompts, tmp_path):
+  from blockvid_jax.video_io import read_video
+  out = tmp_path / "v.mp4"
+  r = _sample(weights, out, prompts)
+  assert r.returncode == 0, r.stderr[-3000:]
+  expected = 1 + 4 * (3 * FRAMES_PER_CHUNK - 1)
+  assert read_video(str(out)).shape == (expected, 32, 32, 3)
+  assert f"{expected} frames written" in r.stderr and "chunks/s" in r.stderr
+  assert sorted(os.listdir(tmp_path)) == ["p.txt", "v.mp4"]
+
+
+def test_image_to_video(weights, prompts, tmp_path):
+  from PIL import Image
+  from blockvid_jax.video_io import read_video
+  image = tmp_path / "first.png"
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), np.uint8)).save(image)
+  out = tmp_path / "v.mp4"
+  r = _sample(weights, out, prompts, "--image", str(image))
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert read_video(str(out)).shape[0] == 1 + 4 * (3 * FRAMES_PER_CHUNK - 1)
+
+
+def _assert_one_line_error(r, needle, out_dir):
+  assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+  err = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("error:")]
+  assert len(err) == 1 and needle in err[0], r.stderr[-2000:]
+  assert "Traceback" not in r.stderr
+  assert not [f for f in os.listdir(out_dir) if f.startswith(("v", ".v"))]
+
+
+def test_missing_and_mismatched_weights_on_the_cli(weights, prompts, tmp_path):
+  out = tmp_path / "v.mp4"
+  r = _sample(weights, out, prompts, f"--config.autoencoder.checkpoint={tmp_path / 'none.pth'}")
+  _assert_one_line_error(r, "autoencoder.checkpoint", tmp_path)
+  r = _sample(weights, out, prompts,
+              f"--config.text.checkpoint={weights / 'Wan2.1_VAE.pth'}")  # a VAE is no umT5
+  _assert_one_line_error(r, "not a umT5", tmp_path)
+
+
+def test_config_errors_in_process(weights, tmp_path):
+  sys.path.insert(0, os.path.dirname(CONFIG))
+  import tiny_pretrained_config  # pylint: disable=import-outside-toplevel
+  from blockvid_jax import generate  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.models import ConfigError, DiTSpec  # pylint: disable=import-outside-toplevel
+  config = tiny_pretrained_config.get_config(str(weights))
+  spec = DiTSpec.from_config(config.model)
+  with pytest.raises(ConfigError, match="text_dim 64"):
+    generate.make_text_encoder(config, DiTSpec.preset("tiny", text_dim=64))
+  config.text.tokenizer = str(tmp_path / "none.model")
+  with pytest.raises(ConfigError, match="text.tokenizer .* does not exist"):
+    generate.make_text_encoder(config, spec)
+  config.text.tokenizer = ""
+  with pytest.raises(ConfigError, match="needs text.tokenizer"):
+    generate.make_text_encoder(config, spec)
+  config.autoencoder.checkpoint = str(weights / "models_t5_umt5-xxl-enc-bf16.pth")
+  with pytest.raises(ConfigError, match="not a Wan VAE"):
+    generate.make_autoencoder(config, spec)
+  config.autoencoder.kind = "toy"
+  with pytest.raises(ConfigError, match="--image needs"):
+    generate.encode_image(config, generate.make_autoencoder(config, spec), "x.png")
+
+
+def test_encode_writes_a_latent_folder(weights, tmp_path):
+  import json  # pylint: disable=import-outside-toplevel
+  import tiny_pretrained_config  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.data.latent_folder import LatentFolderSource  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.encode import chunk_frame_range, encode_folder  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.video_io import write_video  # pylint: disable=import-outside-toplevel
+  videos = tmp_path / "videos"
+  videos.mkdir()
+  rng = np.random.default_rng(0)
+  write_video(videos / "clip.mp4", rng.integers(0, 255, (22, 40, 48, 3), np.uint8), fps=8)
+  write_video(videos / "short.mp4", rng.integers(0, 255, (4, 32, 32, 3), np.uint8), fps=8)
+  (videos / "captions.json").write_text(json.dumps({
+      "clip.mp4": [{"start": 0, "end": 1.5, "caption": "a cat walks on the beach"},
+                   {"start": 1.5, "end": 9, "caption": "waves crash on dark rocks"}],
+      "short.mp4": [{"start": 0, "end": 1, "caption": "a dog"}]}))
+  messages = []
+  config = tiny_pretrained_config.get_config(str(weights))
+  assert encode_folder(config, str(videos), "", str(tmp_path / "latents"),
+                       log=messages.append) == 1
+  assert any("skipping short.mp4" in m for m in messages)
+  source = LatentFolderSource(str(tmp_path / "latents"))
+  example = source[0]
+  assert example["latents"].shape == (2 * FRAMES_PER_CHUNK, 4, 4, 16)  # 21 of 22 frames used
+  assert example["context"].shape == (2, 16, 32)
+  assert not np.array_equal(example["context"][0], example["context"][1])  # two captions
+  assert source.null_context().shape == (16, 32)
+  assert chunk_frame_range(0, 3) == (0, 8) and chunk_frame_range(1, 3) == (9, 20)
