@@ -54,7 +54,7 @@ def encode_folder(config, videos: str, captions: str, out: str, max_chunks: int 
   """Encodes every usable video of `videos`; returns how many were written."""
   from blockvid_jax import generate  # pylint: disable=import-outside-toplevel
   from blockvid_jax.config_lib import validate  # pylint: disable=import-outside-toplevel
-  from blockvid_jax.data.video_folder import (_frame_rate, load_captions,  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.data.video_folder import (frame_rate, load_captions,  # pylint: disable=import-outside-toplevel
                                               resize_frames, segment_at)
   from blockvid_jax.models import ConfigError  # pylint: disable=import-outside-toplevel
   from blockvid_jax.video_io import VIDEO_SUFFIXES, VideoError, read_video  # pylint: disable=import-outside-toplevel
@@ -86,7 +86,7 @@ def encode_folder(config, videos: str, captions: str, out: str, max_chunks: int 
       log(f"skipping {path.name}: no captions")
       continue
     try:
-      frames, fps = read_video(path), _frame_rate(path)  # [T, h, w, 3]
+      frames, fps = read_video(path), frame_rate(path)  # [T, h, w, 3]
     except (VideoError, OSError, StopIteration, RuntimeError) as e:
       log(f"skipping {path.name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
       continue

@@ -127,7 +127,7 @@ def segment_at(segments: list[dict[str, Any]], t: float) -> int:
   return int(np.argmin([max(s["start"] - t, t - s["end"]) for s in segments]))
 
 
-def _frame_rate(path: Path) -> float:
+def frame_rate(path: Path) -> float:
   """The container's frame rate, from the header that imageio-ffmpeg reads."""
   import imageio_ffmpeg
   gen = imageio_ffmpeg.read_frames(str(path))
@@ -201,7 +201,7 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
       return
     try:
       frames = read_video(path)  # [T, h, w, 3]
-      fps = c.fps or _frame_rate(path)
+      fps = c.fps or frame_rate(path)
     except VideoError as err:
       log.warning("skipping %s: %s", path, err)
       return
