@@ -9,12 +9,17 @@ pixel size (`video.latent_height/width` x 8) and `model.frames_per_chunk` (Fc). 
 cut to the longest 1 + 4 (n Fc - 1) frames (n chunks, at most --max_chunks), VAE-encoded to
 n Fc latent frames, and each chunk gets the embedding of the caption segment at its middle time.
 Writes LATENT_DIR/videos/<name>.npz (latents float16 [n Fc, h, w, 16], context float16 [n, T, E])
-and LATENT_DIR/null_context.npy (the encoded `text.negative_prompt`), each atomically. Videos with
-no captions or too few frames are skipped with a message; user errors print one line and exit 2.
+and LATENT_DIR/null_context.npy (the encoded `text.negative_prompt`), each atomically (a temporary
+".<name>.tmp" that the folder reader ignores, then a rename). Resumable: a video whose .npz exists is
+not encoded again. Videos with no captions, an unreadable (corrupt) file or too few frames are
+skipped with a message, and LATENT_DIR/encode_report.json lists this run's outcome:
+{"written": [names], "done": [already encoded], "skipped": {name: reason}}. User errors print one
+line and exit 2.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -32,10 +37,15 @@ _OUT = flags.DEFINE_string("out", None, "Output latent_folder directory.")
 _MAX_CHUNKS = flags.DEFINE_integer("max_chunks", 0, "At most this many chunks per video (0: all).")
 
 
-def _save_atomic(path: Path, save: Callable[[str], None]) -> None:
-  tmp = str(path) + ".tmp" + path.suffix
+REPORT = "encode_report.json"
+
+
+def _save_atomic(path: Path, save: Callable[[object], None]) -> None:
+  """save(binary file) into ".<name>.tmp" next to `path`, then rename it over `path`."""
+  tmp = str(path.parent / f".{path.name}.tmp")
   try:
-    save(tmp)
+    with open(tmp, "wb") as f:
+      save(f)
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
@@ -51,7 +61,7 @@ def chunk_frame_range(chunk: int, frames_per_chunk: int, temporal: int = 4) -> t
 
 def encode_folder(config, videos: str, captions: str, out: str, max_chunks: int = 0,
                   log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> int:
-  """Encodes every usable video of `videos`; returns how many were written."""
+  """Encodes every usable video of `videos` not encoded yet; returns how many were written."""
   from blockvid_jax import generate  # pylint: disable=import-outside-toplevel
   from blockvid_jax.config_lib import validate  # pylint: disable=import-outside-toplevel
   from blockvid_jax.data.video_folder import (frame_rate, load_captions,  # pylint: disable=import-outside-toplevel
@@ -76,24 +86,35 @@ def encode_folder(config, videos: str, captions: str, out: str, max_chunks: int 
   fc, s = spec.frames_per_chunk, vae.spec.spatial_factor
   height, width = config.video.latent_height * s, config.video.latent_width * s
   (Path(out) / "videos").mkdir(parents=True, exist_ok=True)
-  null = np.asarray(encoder.encode([config.text.get("negative_prompt", "")])[0][0], np.float16)
-  _save_atomic(Path(out) / "null_context.npy", lambda p: np.save(p, null))  # [T, E]
+  null_path = Path(out) / "null_context.npy"
+  if not null_path.is_file():
+    null = np.asarray(encoder.encode([config.text.get("negative_prompt", "")])[0][0], np.float16)
+    _save_atomic(null_path, lambda f: np.save(f, null))  # [T, E]
 
-  written = 0
+  report = {"written": [], "done": [], "skipped": {}}
+
+  def skip(name: str, reason: str) -> None:
+    report["skipped"][name] = reason
+    log(f"skipping {name}: {reason}")
+
   for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES):
+    target = Path(out) / "videos" / f"{path.stem}.npz"
+    if target.is_file():
+      report["done"].append(path.name)
+      continue
     segments = segments_of.get(path.name, segments_of.get(path.stem))
     if not segments:
-      log(f"skipping {path.name}: no captions")
+      skip(path.name, "no captions")
       continue
     try:
       frames, fps = read_video(path), frame_rate(path)  # [T, h, w, 3]
     except (VideoError, OSError, StopIteration, RuntimeError) as e:
-      log(f"skipping {path.name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+      skip(path.name, str(e).splitlines()[0] if str(e) else type(e).__name__)
       continue
     n = (1 + (frames.shape[0] - 1) // vae.spec.temporal_factor) // fc
     n = min(n, max_chunks) if max_chunks else n
     if n < 1 or fps <= 0:
-      log(f"skipping {path.name}: {frames.shape[0]} frames, fewer than one chunk of {fc} latents")
+      skip(path.name, f"{frames.shape[0]} frames, fewer than one chunk of {fc} latents")
       continue
     t = vae.spec.num_video_frames(n * fc)
     pixels = resize_frames(frames[:t], height, width).astype(np.float32) / 127.5 - 1.0
@@ -101,12 +122,13 @@ def encode_folder(config, videos: str, captions: str, out: str, max_chunks: int 
     ids = [segment_at(segments, 0.5 * sum(chunk_frame_range(c, fc, vae.spec.temporal_factor)) / fps)
            for c in range(n)]
     emb = np.asarray(encoder.encode([segments[i]["caption"] for i in ids])[0])  # [n, T, E]
-    target = Path(out) / "videos" / f"{path.stem}.npz"
-    _save_atomic(target, lambda p, l=latents, e=emb: np.savez(
-        p, latents=l.astype(np.float16), context=e.astype(np.float16)))
-    written += 1
+    _save_atomic(target, lambda f, l=latents, e=emb: np.savez(
+        f, latents=l.astype(np.float16), context=e.astype(np.float16)))
+    report["written"].append(path.name)
     log(f"{path.name}: {n} chunks, {t} frames -> {target}")
-  return written
+  text = json.dumps(report, indent=1, sort_keys=True) + "\n"
+  _save_atomic(Path(out) / REPORT, lambda f: f.write(text.encode()))
+  return len(report["written"])
 
 
 def main(argv):
@@ -121,7 +143,7 @@ def main(argv):
   except (ConfigError, ValueError) as e:
     print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
     sys.exit(2)
-  print(f"wrote {count} videos to {_OUT.value}")
+  print(f"wrote {count} videos to {_OUT.value} (skipped ones: {os.path.join(_OUT.value, REPORT)})")
 
 
 if __name__ == "__main__":

@@ -138,29 +138,73 @@ def test_config_errors_in_process(weights, tmp_path):
 
 
 def test_encode_writes_a_latent_folder(weights, tmp_path):
+  """Three tiny videos (one corrupt, one too short): one written, two reported; a rerun writes
+  nothing; the causal stage trains 2 steps on the folder."""
   import json  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
   import tiny_pretrained_config  # pylint: disable=import-outside-toplevel
   from blockvid_jax.data.latent_folder import LatentFolderSource  # pylint: disable=import-outside-toplevel
-  from blockvid_jax.encode import chunk_frame_range, encode_folder  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.encode import REPORT, chunk_frame_range, encode_folder  # pylint: disable=import-outside-toplevel
   from blockvid_jax.video_io import write_video  # pylint: disable=import-outside-toplevel
   videos = tmp_path / "videos"
   videos.mkdir()
   rng = np.random.default_rng(0)
   write_video(videos / "clip.mp4", rng.integers(0, 255, (22, 40, 48, 3), np.uint8), fps=8)
   write_video(videos / "short.mp4", rng.integers(0, 255, (4, 32, 32, 3), np.uint8), fps=8)
+  (videos / "corrupt.mp4").write_bytes(rng.integers(0, 255, 4096, np.uint8).tobytes())
   (videos / "captions.json").write_text(json.dumps({
       "clip.mp4": [{"start": 0, "end": 1.5, "caption": "a cat walks on the beach"},
                    {"start": 1.5, "end": 9, "caption": "waves crash on dark rocks"}],
-      "short.mp4": [{"start": 0, "end": 1, "caption": "a dog"}]}))
+      "short.mp4": [{"start": 0, "end": 1, "caption": "a dog"}],
+      "corrupt.mp4": [{"start": 0, "end": 1, "caption": "noise"}]}))
   messages = []
   config = tiny_pretrained_config.get_config(str(weights))
-  assert encode_folder(config, str(videos), "", str(tmp_path / "latents"),
-                       log=messages.append) == 1
+  latents = tmp_path / "latents"
+  assert encode_folder(config, str(videos), "", str(latents), log=messages.append) == 1
   assert any("skipping short.mp4" in m for m in messages)
-  source = LatentFolderSource(str(tmp_path / "latents"))
+  assert any("skipping corrupt.mp4" in m for m in messages)
+  report = json.loads((latents / REPORT).read_text())
+  assert report["written"] == ["clip.mp4"] and report["done"] == []
+  assert sorted(report["skipped"]) == ["corrupt.mp4", "short.mp4"]
+  assert "unreadable" in report["skipped"]["corrupt.mp4"]
+  assert "fewer than one chunk" in report["skipped"]["short.mp4"]
+  assert sorted(os.listdir(latents / "videos")) == ["clip.npz"]  # no temporaries left
+
+  files = [latents / "videos" / "clip.npz", latents / "null_context.npy"]
+  before = [(f.stat().st_mtime_ns, f.read_bytes()) for f in files]
+  assert encode_folder(config, str(videos), "", str(latents), log=messages.append) == 0  # resumes
+  assert [(f.stat().st_mtime_ns, f.read_bytes()) for f in files] == before
+  report = json.loads((latents / REPORT).read_text())
+  assert report["written"] == [] and report["done"] == ["clip.mp4"]
+  assert sorted(report["skipped"]) == ["corrupt.mp4", "short.mp4"]
+
+  source = LatentFolderSource(str(latents))
   example = source[0]
+  assert len(source) == 1
   assert example["latents"].shape == (2 * FRAMES_PER_CHUNK, 4, 4, 16)  # 21 of 22 frames used
   assert example["context"].shape == (2, 16, 32)
   assert not np.array_equal(example["context"][0], example["context"][1])  # two captions
   assert source.null_context().shape == (16, 32)
   assert chunk_frame_range(0, 3) == (0, 8) and chunk_frame_range(1, 3) == (9, 20)
+
+  from blockvid_jax.training.config import add_train_defaults  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.training.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  train = add_train_defaults(tiny_pretrained_config.get_config(str(weights)))
+  train.data.kind = "latents"
+  train.data.data_dir = str(latents)
+  train.data.window_chunks = 2
+  train.data.frames_per_chunk = FRAMES_PER_CHUNK
+  train.data.chunks_per_video = 2
+  train.data.num_threads = 1
+  train.data.prefetch = 1
+  train.train.total_steps = 2
+  train.train.batch_size = 1
+  train.train.warmup_steps = 0
+  train.train.log_every = 1
+  train.train.checkpoint_every = 2
+  train.train.async_checkpoint = False
+  train.train.sample_every = 0
+  train.mesh.data = 1
+  metrics = train_and_evaluate(train, str(tmp_path / "work"), devices=jax.devices()[:1])
+  assert np.isfinite(metrics["loss"]) and not metrics["interrupted"]
+  assert os.path.isdir(tmp_path / "work" / "params")
