@@ -71,10 +71,14 @@ def chunk_prompts(prompts: Sequence[str], num_chunks: int) -> list[str]:
   return [prompts[i % len(prompts)] for i in range(num_chunks)]
 
 
-def make_text_encoder(config, spec: DiTSpec):
-  """The text encoder named by `config.text.encoder`: `toy` (built in) or `umt5` (user weights)."""
+def make_text_encoder(config, spec: DiTSpec, mesh=None):
+  """The text encoder named by `config.text.encoder`: `toy` (built in) or `umt5` (user weights).
+
+  `mesh`: the umT5 params are placed on it by their logical axis names (`parallel.LOGICAL_RULES`,
+  as the DiT's); without one they stay on the default device.
+  """
   if config.text.encoder == "umt5":
-    return _umt5_encoder(config.text, spec)
+    return _umt5_encoder(config.text, spec, mesh)
   if config.text.encoder != "toy":
     raise ConfigError(f"text.encoder={config.text.encoder!r} is not one of 'toy', 'umt5'")
   from blockvid_jax.models.text import ToyTextEncoder  # pylint: disable=import-outside-toplevel
@@ -91,11 +95,11 @@ def _need_path(group, dotted: str, why: str) -> str:
   return path
 
 
-def _umt5_encoder(text, spec: DiTSpec):
+def _umt5_encoder(text, spec: DiTSpec, mesh=None):
   """umT5 weights (text.checkpoint) + tokenizer (text.tokenizer), checked against the DiT width."""
   from blockvid_jax.convert import ConvertError, load_umt5  # pylint: disable=import-outside-toplevel
   from blockvid_jax.models.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
-  from blockvid_jax.models.umt5 import UMT5TextEncoder  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.models.umt5 import UMT5TextEncoder, logical_partition_specs  # pylint: disable=import-outside-toplevel
   checkpoint = _need_path(text, "text.checkpoint", "text.encoder='umt5'")
   tokenizer = Tokenizer(_need_path(text, "text.tokenizer", "text.encoder='umt5'"), text.max_len)
   try:
@@ -109,6 +113,9 @@ def _umt5_encoder(text, spec: DiTSpec):
     raise ConfigError(f"text.tokenizer {tokenizer.path!r} does not match the {uspec.vocab_size}-word "
                       f"vocabulary of text.checkpoint")
   uspec = dataclasses.replace(uspec, dtype=text.get("dtype", "float32"))
+  if mesh is not None:
+    shardings = parallel.logical_to_sharding(logical_partition_specs(uspec), mesh)
+    params = jax.device_put(params, shardings)
   return UMT5TextEncoder(uspec, params, tokenizer)
 
 
@@ -245,15 +252,17 @@ def generate(config, prompts: Sequence[str], num_chunks: int, seed: int, params=
   spec, sampler = build_sampler(config)
   vae = make_autoencoder(config, spec)
   first_frame = encode_image(config, vae, image) if image else None
-  encoder = make_text_encoder(config, spec)
+  mesh = None
+  if jax.device_count() > 1:  # the DiT and the umT5 share one mesh
+    mesh = parallel.make_mesh(dict(data=config.mesh.data, fsdp=config.mesh.fsdp,
+                                   context=config.mesh.context, tensor=config.mesh.tensor))
+  encoder = make_text_encoder(config, spec, mesh)
   if params is None:
     params = load_or_init(config, spec, checkpoint, warn)
   texts, pooled = encode_chunks(encoder, per_chunk)
   null_text, _ = encode_chunks(encoder, [config.text.get("negative_prompt", "")])
   segment_fn = None
-  if jax.device_count() > 1:
-    mesh = parallel.make_mesh(dict(data=config.mesh.data, fsdp=config.mesh.fsdp,
-                                   context=config.mesh.context, tensor=config.mesh.tensor))
+  if mesh is not None:
     segment_fn, p_sh = sharded_segment_fn(sampler, spec, mesh, batch=1)
     params = jax.device_put(params, p_sh)
   bar = Progress(num_chunks) if progress else None

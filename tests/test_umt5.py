@@ -19,7 +19,7 @@ from blockvid_jax.convert import ConvertError
 from blockvid_jax.convert.umt5 import expected_shapes, load_umt5
 from blockvid_jax.models.spec import ConfigError
 from blockvid_jax.models.tokenizer import Tokenizer, clean
-from blockvid_jax.models.umt5 import UMT5Encoder, UMT5Spec, relative_buckets
+from blockvid_jax.models.umt5 import UMT5Encoder, UMT5Spec, logical_partition_specs, relative_buckets
 
 TINY = UMT5Spec(vocab_size=300, dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=2)
 TOL = 1e-4
@@ -183,12 +183,11 @@ def test_sharded_params_give_the_same_output(inputs):
   """Params placed by their logical names on a data x fsdp x tensor mesh (8 fake CPU devices)."""
   from blockvid_jax import parallel  # pylint: disable=import-outside-toplevel
   ids, mask = inputs
-  boxed = jax.eval_shape(UMT5Encoder(TINY).init, jax.random.key(0), ids, mask)["params"]
   params = UMT5Encoder(TINY).init(jax.random.key(0), ids, mask)["params"]
   params = nn.unbox(params)
   expected = _encode(TINY, params, ids, mask)
   mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  shardings = parallel.logical_to_sharding(nn.get_partition_spec(boxed), mesh)
+  shardings = parallel.logical_to_sharding(logical_partition_specs(TINY), mesh)
   sharded = jax.device_put(params, shardings)
   q = sharded["block_0"]["attn"]["q"]["kernel"]
   assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
@@ -254,3 +253,28 @@ def test_tokenizer_errors(tmp_path):
   with pytest.raises(ConfigError) as e:
     Tokenizer(tmp_path / "broken.model")
   assert "\n" not in str(e.value)
+
+
+def test_generate_places_umt5_params_on_the_mesh(spm_model, tmp_path):
+  """`generate.make_text_encoder(..., mesh)`: the weights sharded on 8 fake CPU devices by their
+  logical names, the encoding equal to the single-device one."""
+  import tiny_pretrained_config  # pylint: disable=import-outside-toplevel  # tests/ is on sys.path
+  from blockvid_jax import generate, parallel  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.models import DiTSpec  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  weights = {key: (rng.normal(size=shape) * (0.2 if len(shape) > 1 else 1.0)).astype(np.float32)
+             for key, shape in expected_shapes(TINY, "wan").values()}
+  save_file(weights, str(tmp_path / "umt5.safetensors"))
+  config = tiny_pretrained_config.get_config(str(tmp_path))
+  config.text.checkpoint = str(tmp_path / "umt5.safetensors")
+  config.text.tokenizer = str(spm_model)
+  spec = DiTSpec.from_config(config.model)
+  prompts = ["a cat walks on the beach", "waves crash on the rocks at night"]
+  single = generate.make_text_encoder(config, spec)
+  mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  sharded = generate.make_text_encoder(config, spec, mesh)
+  q = sharded.params["block_0"]["attn"]["q"]["kernel"]  # [32, 32]
+  assert len(q.sharding.device_set) > 1 and not q.sharding.is_fully_replicated
+  assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+  for a, b in zip(sharded.encode(prompts), single.encode(prompts)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)

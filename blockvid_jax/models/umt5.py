@@ -147,6 +147,14 @@ class UMT5Encoder(nn.Module):
     return jnp.where(key_mask[..., None], x, 0.0).astype(jnp.float32)  # [B, T, E]
 
 
+def logical_partition_specs(spec: UMT5Spec):
+  """The params tree of `UMT5Encoder(spec)` as logical PartitionSpecs (`parallel.logical_to_sharding`
+  turns them into NamedShardings on a mesh)."""
+  ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+  boxed = jax.eval_shape(UMT5Encoder(spec).init, jax.random.key(0), ids, ids)["params"]
+  return nn.get_partition_spec(boxed)
+
+
 class UMT5TextEncoder:
   """Tokenizer + umT5 with the package's text-encoder interface (see `models/text.py`):
 
