@@ -27,8 +27,7 @@ from blockvid_jax.models.spec import DiTSpec
 SPEC_FILE = "spec.json"
 PARAMS_DIR = "params"
 # Spec fields that choose how the model runs, not what it is: they may differ from the stored spec.
-RUNTIME_FIELDS = ("dtype", "param_dtype", "remat_policy", "attention_impl", "frames_per_chunk",
-                  "zero_init")
+RUNTIME_FIELDS = ("dtype", "param_dtype", "remat_policy", "attention_impl", "frames_per_chunk")
 
 
 class CheckpointError(ValueError):

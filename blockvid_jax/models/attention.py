@@ -115,34 +115,18 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-  """Cross-attention to the embedded text (no RoPE, no mask), q/k RMSNorm.
-
-  text [B, T, D]: every token attends to the same prompt. text [B, G, T, D]: grouped per-chunk
-  prompts, the L tokens split into G equal consecutive groups and group g attends to prompt g only
-  (equal to running each group with its own prompt, in one batched call).
-  """
+  """Cross-attention to the embedded text [B, T, D] (no RoPE, no mask), q/k RMSNorm."""
   dim: int
   num_heads: int
   eps: float
   dtype: jnp.dtype
   param_dtype: jnp.dtype
   impl: str = "xla"
-  zero_init: bool = False   # output projection starts at 0 (adaLN-Zero training from scratch)
 
   @nn.compact
   def __call__(self, x: Array, text: Array) -> Array:
     d = self.dim
-    b, l = x.shape[:2]
-    q, k, v = _project_qkv(self, x, text)                          # [B, L, N, H], [B, (G,) T, N, H]
-    if text.ndim == 4:  # grouped prompts: the batch axis is never merged with the group axis
-      g = text.shape[1]
-      qg = q.reshape(b, g, l // g, *q.shape[2:])                                # [B, G, L/G, N, H]
-      logits = jnp.einsum("BGLNH,BGTNH->BGNLT", qg, k,
-                          preferred_element_type=jnp.float32) / np.sqrt(q.shape[-1])
-      probs = jax.nn.softmax(logits, axis=-1)                                   # [B, G, N, L/G, T]
-      out = jnp.einsum("BGNLT,BGTNH->BGLNH", probs.astype(v.dtype), v)          # [B, G, L/G, N, H]
-    else:
-      out, _ = attend(q, k, v, None, self.impl)                                 # [B, L, N, H]
-    out = out.reshape(b, l, d)                                                  # [B, L, D]
-    return dense(d, ("heads", "embed"), self.dtype, self.param_dtype, "o",
-                 zero_init=self.zero_init)(out)
+    q, k, v = _project_qkv(self, x, text)                          # [B, L|T, N, H]
+    out, _ = attend(q, k, v, None, self.impl)                                   # [B, L, N, H]
+    out = out.reshape(*out.shape[:2], d)                                        # [B, L, D]
+    return dense(d, ("heads", "embed"), self.dtype, self.param_dtype, "o")(out)

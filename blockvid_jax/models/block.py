@@ -31,18 +31,6 @@ def gate(y: Array, g: Array, tokens_per_frame: int) -> Array:
   return (yf * g[:, :, None, :]).reshape(b, l, d)                       # [B, L, D]
 
 
-def _table_init(zero_gates: bool, dim: int):
-  """Wan's modulation table init N(0, 1/D); with `zero_gates` the gate rows (2 and 5) start at 0."""
-  normal = nn.initializers.normal(dim ** -0.5)
-  if not zero_gates:
-    return normal
-
-  def init(key, shape, dtype=jnp.float32):
-    keep = jnp.asarray([1.0, 1.0, 0.0, 1.0, 1.0, 0.0], dtype)[:, None]    # [6, 1]
-    return normal(key, shape, dtype) * keep
-  return init
-
-
 class Block(nn.Module):
   """A DiT block, written for `nn.scan`: (x, shared, layer_ctx) -> (x, per-layer outputs).
 
@@ -62,14 +50,13 @@ class Block(nn.Module):
   attention_impl: str = "xla"
   collect_kv: bool = False
   collect_saliency: bool = False
-  zero_init: bool = False   # adaLN-Zero: gate rows of the table and the cross-attention output at 0
 
   @nn.compact
   def __call__(self, x: Array, shared: dict, layer_ctx):
     p, dt, pdt = self.tokens_per_frame, self.dtype, self.param_dtype
     x = nn.with_logical_constraint(x, BATCH_LEN_EMBED)
     table = self.param("modulation",
-                       nn.with_logical_partitioning(_table_init(self.zero_init, self.dim),
+                       nn.with_logical_partitioning(nn.initializers.normal(self.dim ** -0.5),
                                                     ("mod_rows", "norm")),
                        (6, self.dim), pdt)
     mod = table.astype(jnp.float32) + shared["e0"]                     # [B, F, 6, D]
@@ -91,7 +78,7 @@ class Block(nn.Module):
 
     h = AffineLayerNorm(self.eps, pdt, name="norm3")(x).astype(dt)
     x = x + CrossAttention(self.dim, self.num_heads, self.eps, dt, pdt, self.attention_impl,
-                           self.zero_init, name="cross_attn")(h, shared["text"].astype(dt)).astype(jnp.float32)
+                           name="cross_attn")(h, shared["text"].astype(dt)).astype(jnp.float32)
 
     h = modulate(layer_norm(x, self.eps), shift_mlp, scale_mlp, p).astype(dt)
     h = dense(self.ffn_dim, ("embed", "mlp"), dt, pdt, "ffn_fc1")(h)      # [B, L, M]

@@ -15,7 +15,6 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from blockvid_jax.models import rope
@@ -86,11 +85,8 @@ class CausalDiT(nn.Module):
                clean_latents: Optional[Array] = None, clean_t: Optional[Array] = None) -> Array:
     """latents [B, F, H, W, C], t [B, F] in [0, 1], context [B, T, E] -> flow prediction [B, F, H, W, C].
 
-    context [B, G, T, E]: per-chunk prompts, G dividing F; the latent frames split into G equal
-    groups and each group's tokens cross-attend to their own prompt only (grouped cross-attention).
     With `clean_latents` (same shape as latents) the sequence is [clean | noisy], both halves at
-    frame positions 0..F-1, clean tokens at timestep `clean_t` (default 0) — teacher forcing; with
-    grouped prompts the clean frames of a group see the same prompt as its noisy frames.
+    frame positions 0..F-1, clean tokens at timestep `clean_t` (default 0) — teacher forcing.
     """
     s = self.spec
     if mode not in MODES:
@@ -111,23 +107,12 @@ class CausalDiT(nn.Module):
       raise ConfigError(f"clean_latents shape {clean_latents.shape} != latents shape {latents.shape}")
     if clean_t is None:
       clean_t = jnp.zeros_like(t)
-    # No noisy chunk sees the LAST clean chunk (noisy j sees clean < j), so it is left out: the
-    # output is exactly that of the full [clean | noisy] layout, at (2n-1)/2n of the tokens. With
-    # prompt groups that span several chunks the clean half stays whole.
-    keep = f - s.frames_per_chunk                                           # clean latent frames
-    if context.ndim == 4 and f // context.shape[1] != s.frames_per_chunk:
-      keep = f
-    if context.ndim == 4:
-      groups = context.shape[1] - (f - keep) // s.frames_per_chunk
-      context = jnp.concatenate([context[:, :groups], context], axis=1)     # [B, G'+G, T, E]
-    n_clean = (keep // s.patch_size[0]) * x * y                             # clean tokens
-    both = jnp.concatenate([clean_latents[:, :keep], latents], axis=1)      # [B, F'+F, H, W, C]
-    t_both = jnp.concatenate([jnp.broadcast_to(clean_t, t.shape)[:, :keep], t], axis=1)
-    pos2 = jnp.concatenate([pos[:, :n_clean], pos], axis=1)                 # [1, L'+L, 3]
-    rows = np.concatenate([np.arange(n_clean), chunk.shape[0] + np.arange(chunk.shape[0])])
-    mask = teacher_forcing_mask(chunk)[rows][:, rows][None]                 # [1, L'+L, L'+L]
+    both = jnp.concatenate([clean_latents, latents], axis=1)                # [B, 2F, H, W, C]
+    t_both = jnp.concatenate([jnp.broadcast_to(clean_t, t.shape), t], axis=1)  # [B, 2F]
+    pos2 = jnp.concatenate([pos, pos], axis=1)                              # [1, 2L, 3]
+    mask = teacher_forcing_mask(chunk)[None]                                # [1, 2L, 2L]
     out, _ = self._forward(both, t_both, context, pos2, mask)
-    return out[:, keep:]                                                     # [B, F, H, W, C]
+    return out[:, f:]                                                        # [B, F, H, W, C]
 
   def forward_chunk(self, latents: Array, t: Array, context: Array, kv_context: KVContext,
                     frame_offset, *, collect_saliency: bool = False) -> tuple[Array, ChunkKV]:
@@ -164,12 +149,8 @@ class CausalDiT(nn.Module):
     b, f = latents.shape[:2]
     if t.shape != (b, f):
       raise ConfigError(f"t must be [B, F] = {(b, f)} (one flow time per latent frame), got {t.shape}")
-    if context.ndim not in (3, 4) or context.shape[0] != b or context.shape[-1] != s.text_dim:
-      raise ConfigError(f"context must be [B={b}, T, text_dim={s.text_dim}] or per-chunk prompts "
-                        f"[B={b}, G, T, text_dim={s.text_dim}], got {context.shape}")
-    if context.ndim == 4 and (f // s.patch_size[0]) % context.shape[1]:
-      raise ConfigError(f"{context.shape[1]} per-chunk prompts do not split {f} latent frames "
-                        "into equal groups")
+    if context.ndim != 3 or context.shape[0] != b or context.shape[2] != s.text_dim:
+      raise ConfigError(f"context must be [B={b}, T, text_dim={s.text_dim}], got {context.shape}")
     if f % s.frames_per_chunk:
       raise ConfigError(f"{f} latent frames is not a multiple of frames_per_chunk="
                         f"{s.frames_per_chunk}")
@@ -185,8 +166,8 @@ class CausalDiT(nn.Module):
     p = gx * gy
     x = dense(s.dim, ("patch", "embed"), dt, pdt, "patch_embedding")(tokens.astype(dt))
     x = x.astype(jnp.float32).reshape(b, fp * p, s.dim)                      # [B, L, D]
-    e, e0 = TimeEmbedding(s.dim, s.freq_dim, pdt, s.zero_init, name="time_embedding")(t[:, ::pt])  # [B,F',D], [B,F',6,D]
-    text = TextEmbedding(s.dim, dt, pdt, name="text_embedding")(context)   # [B, (G,) T, D]
+    e, e0 = TimeEmbedding(s.dim, s.freq_dim, pdt, name="time_embedding")(t[:, ::pt])  # [B,F',D], [B,F',6,D]
+    text = TextEmbedding(s.dim, dt, pdt, name="text_embedding")(context)   # [B, T, D]
 
     cos, sin = rope.angles(positions, s.head_dim, s.rope_theta)             # [B|1, L, H/2]
     shared = dict(e0=e0, text=text, cos=cos, sin=sin, mask=mask)
@@ -204,7 +185,6 @@ class CausalDiT(nn.Module):
                     metadata_params={nn.PARTITION_NAME: "layers"})
     x, ys = stack(dim=s.dim, ffn_dim=s.ffn_dim, num_heads=s.num_heads, tokens_per_frame=p,
                   eps=s.eps, dtype=dt, param_dtype=pdt, attention_impl=s.attention_impl,
-                  zero_init=s.zero_init,
                   collect_kv=collect_kv, collect_saliency=collect_saliency,
                   name="blocks")(x, shared, layer_ctx)
 
@@ -213,7 +193,6 @@ class CausalDiT(nn.Module):
                                                     ("mod_rows", "norm")), (2, s.dim), pdt)
     mod = table.astype(jnp.float32) + e[:, :, None, :]                       # [B, F', 2, D]
     h = modulate(layer_norm(x, s.eps), mod[:, :, 0], mod[:, :, 1], p)        # [B, L, D]
-    out = dense(s.patch_volume * s.out_channels, ("embed", "patch"), dt, pdt, "head",
-                zero_init=s.zero_init)(h.astype(dt))
+    out = dense(s.patch_volume * s.out_channels, ("embed", "patch"), dt, pdt, "head")(h.astype(dt))
     out = out.astype(jnp.float32).reshape(b, fp, gx, gy, -1)                 # [B, F', X, Y, pC]
     return unpatchify(out, s.patch_size), ys                                 # [B, F, H, W, C]

@@ -17,15 +17,11 @@ from blockvid_jax.typing import Array
 
 
 def dense(features: int, axes: tuple[str, str], dtype, param_dtype, name: str,
-          use_bias: bool = True, zero_init: bool = False) -> nn.Dense:
-  """nn.Dense whose kernel [in, out] and bias [out] carry logical axis names.
-
-  zero_init: the kernel starts at 0 (adaLN-Zero residual branches, `DiTSpec.zero_init`).
-  """
-  init = nn.initializers.zeros_init() if zero_init else nn.initializers.lecun_normal()
+          use_bias: bool = True) -> nn.Dense:
+  """nn.Dense whose kernel [in, out] and bias [out] carry logical axis names."""
   return nn.Dense(
       features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
-      kernel_init=nn.with_logical_partitioning(init, axes),
+      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
 
 
@@ -94,7 +90,6 @@ class TimeEmbedding(nn.Module):
   dim: int
   freq_dim: int
   param_dtype: jnp.dtype = jnp.float32
-  zero_init: bool = False   # time_projection starts at 0 (adaLN-Zero)
 
   @nn.compact
   def __call__(self, t: Array) -> tuple[Array, Array]:
@@ -103,7 +98,7 @@ class TimeEmbedding(nn.Module):
     e = dense(self.dim, ("embed", "embed_out"), jnp.float32, self.param_dtype,
               "fc2")(nn.silu(e))                                    # [B, F, D]
     e0 = dense(6 * self.dim, ("embed", "mod"), jnp.float32, self.param_dtype,
-               "projection", zero_init=self.zero_init)(nn.silu(e))                            # [B, F, 6D]
+               "projection")(nn.silu(e))                            # [B, F, 6D]
     e0 = e0.reshape(*e0.shape[:-1], 6, self.dim)                         # [B, F, 6, D]
     return e, e0
 

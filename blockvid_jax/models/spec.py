@@ -47,9 +47,6 @@ class DiTSpec:
   param_dtype: str = "float32"
   remat_policy: str = "none"           # one of REMAT_POLICIES
   attention_impl: str = "xla"          # one of AttentionImpl
-  zero_init: bool = False              # adaLN-Zero init for training from scratch: residual gates,
-                                       # time projection, cross-attention output and head start at 0
-                                       # (converted checkpoints overwrite every parameter anyway)
 
   def __post_init__(self):
     self.validate()

@@ -11,7 +11,6 @@ import ml_collections
 
 from blockvid_jax.config_lib import validate
 from blockvid_jax.diffusion.noise import SCHEDULES
-from blockvid_jax.training.steps import LAYOUTS
 from blockvid_jax.models.spec import ConfigError, DiTSpec
 
 STAGES = ("causal", "teacher")
@@ -49,10 +48,6 @@ def add_train_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   c.train.grad_clip = 1.0                 # global-norm gradient clipping (0: off)
   c.train.ema_decay = 0.999               # EMA of the params (0: no EMA kept)
   c.train.text_dropout = 0.1              # P(chunk caption -> empty prompt), for CFG
-  c.train.layout = "teacher_forcing"      # causal stage: teacher_forcing ([clean | noisy], what
-                                          # the sampler's cache gives) | noisy_history
-  c.train.clean_t = 0.0                   # teacher_forcing: flow time of the clean half (keep it
-                                          # at cache.context_t, the sampler's commit noise level)
   c.train.noise = ml_collections.ConfigDict()
   c.train.noise.kind = "cosine"           # linear | cosine (paper) | independent | constant
   c.train.noise.t_min_max = 1.0           # t_min ~ U(0, t_min_max) per sample (ramps)
@@ -121,9 +116,6 @@ def validate_train(config: ml_collections.ConfigDict) -> DiTSpec:
   _need(t.grad_clip >= 0, f"train.grad_clip must be >= 0 (0: off), got {t.grad_clip}")
   _need(0.0 <= t.ema_decay < 1.0, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
   _need(0.0 <= t.text_dropout < 1.0, f"train.text_dropout must be in [0, 1), got {t.text_dropout}")
-  _need(t.get("layout", "teacher_forcing") in LAYOUTS,
-        f"train.layout must be one of {list(LAYOUTS)}, got {t.get('layout')!r}")
-  _need(0.0 <= t.get("clean_t", 0.0) < 1.0, f"train.clean_t must be in [0, 1), got {t.get('clean_t')}")
   n = t.noise
   _need(n.kind in SCHEDULES, f"train.noise.kind must be one of {list(SCHEDULES)}, got {n.kind!r}")
   _need(0.0 < n.t_max <= 1.0, f"train.noise.t_max must be in (0, 1], got {n.t_max}")

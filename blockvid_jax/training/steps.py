@@ -10,17 +10,11 @@ A batch (global arrays):
                         [B, T, E]         one per window
   null_context  float32 [T, E]            the empty-prompt embedding (dropout / CFG target)
 
-Per-chunk captions: chunk c cross-attends only to its own caption (grouped cross-attention in the
-model, `CausalDiT.__call__` with a [B, Nc, T, E] context), in one full-sequence forward, for the
-causal student and the bidirectional teacher alike; prompts are never concatenated.
-
-Layouts of the causal stage (`layout`, DESIGN 6 "train what the sampler does"):
-  * `teacher_forcing` (default): the [clean | noisy] sequence. The noisy half carries the chunk-wise
-    noise schedule; its chunk j attends to the CLEAN chunks < j (at flow time `clean_t`, the
-    sampler's `cache.context_t`, optionally lightly noised) and to itself, which is exactly what the
-    sampler's chunk j attends to through its cache. The loss is taken on the noisy half.
-  * `noisy_history`: the plain block-causal sequence, history at its own (schedule) noise level
-    (Diffusion Forcing style; the sampler never sees such a history).
+Per-chunk captions: chunk c must cross-attend only to its own caption, so with a [B, Nc, T, E]
+context the causal forward runs the block-causal sequence chunk by chunk (`forward_chunk` against the
+keys/values of the earlier chunks, gradients flowing through them) - the same function as the
+full-sequence causal forward, which is used when the context is one per window. The teacher attends
+to all frames, so it gets the window's captions concatenated along T: [B, Nc * T, E].
 """
 
 from __future__ import annotations
@@ -33,7 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from blockvid_jax.diffusion import flow, noise
-from blockvid_jax.models.dit import CausalDiT
+from blockvid_jax.models.dit import CausalDiT, KVContext
 from blockvid_jax.models.spec import DiTSpec
 from blockvid_jax.parallel import LOGICAL_RULES, activation_rules, named, replicated
 from blockvid_jax.training import losses
@@ -41,7 +35,6 @@ from blockvid_jax.training.state import TrainState, tree_norm
 from blockvid_jax.typing import Array, PyTree
 
 STAGE_MODES = {"causal": "causal", "teacher": "bidirectional"}
-LAYOUTS = ("teacher_forcing", "noisy_history")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,18 +47,10 @@ class StepSettings:
   shift: float = 1.0
   text_dropout: float = 0.0      # P(a caption chunk's context -> null context)
   ema_decay: float = 0.0         # 0: no EMA
-  layout: str = "teacher_forcing"  # causal stage: teacher_forcing | noisy_history (module doc)
-  clean_t: float = 0.0           # teacher_forcing: flow time of the clean half (= cache.context_t)
 
   def __post_init__(self):
     if self.stage not in STAGE_MODES:
       raise ValueError(f"stage must be one of {sorted(STAGE_MODES)}, got {self.stage!r}")
-    if self.layout not in LAYOUTS:
-      raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
-
-  @property
-  def teacher_forced(self) -> bool:
-    return self.stage == "causal" and self.layout == "teacher_forcing"
 
 
 def dropout_context(rng: Array, context: Array, null_context: Array, p: float) -> Array:
@@ -81,14 +66,31 @@ def dropout_context(rng: Array, context: Array, null_context: Array, p: float) -
 
 
 def predict_velocity(spec: DiTSpec, params: PyTree, x_t: Array, t: Array, context: Array,
-                     mode: str, clean: Array | None = None, clean_t: Array | None = None) -> Array:
-  """The model's flow prediction v for x_t [B, F, H, W, C], t [B, F] -> [B, F, H, W, C].
-
-  context [B, T, E] (one prompt) or [B, Nc, T, E] (per-chunk prompts, grouped cross-attention).
-  `clean` [B, F, H, W, C] (+ `clean_t` [B, F]): the teacher-forcing [clean | noisy] layout.
-  """
-  return CausalDiT(spec).apply({"params": params}, x_t, t, context, mode=mode,
-                               clean_latents=clean, clean_t=clean_t)
+                     mode: str) -> Array:
+  """The model's flow prediction v for x_t [B, F, H, W, C], t [B, F] -> [B, F, H, W, C]."""
+  model = CausalDiT(spec)
+  variables = {"params": params}
+  if context.ndim == 3:                                                        # one per window
+    return model.apply(variables, x_t, t, context, mode=mode)
+  b, nc, tl, e = context.shape
+  if mode == "bidirectional":
+    return model.apply(variables, x_t, t, context.reshape(b, nc * tl, e), mode=mode)  # [B, Nc*T, E]
+  f = x_t.shape[1]
+  fc = f // nc                                                                 # frames per caption
+  kv = KVContext.empty(spec, b, spec.compute_dtype)
+  outs = []
+  for c in range(nc):
+    sl = slice(c * fc, (c + 1) * fc)
+    out, ckv = model.apply(variables, x_t[:, sl], t[:, sl], context[:, c], kv,
+                           c * fc // spec.patch_size[0], method=CausalDiT.forward_chunk)
+    outs.append(out)                                                           # [B, fc, H, W, C]
+    if c + 1 < nc:
+      kv = KVContext(k=jnp.concatenate([kv.k, ckv.k], axis=2),                 # [K, B, S+L, N, H]
+                     v=jnp.concatenate([kv.v, ckv.v], axis=2),
+                     positions=jnp.concatenate([kv.positions, ckv.positions], axis=1),  # [B, S+L, 3]
+                     mask=jnp.concatenate([kv.mask, jnp.ones(ckv.positions.shape[:2], bool)],
+                                          axis=1))                             # [B, S+L]
+  return jnp.concatenate(outs, axis=1)                                         # [B, F, H, W, C]
 
 
 def make_train_step(spec: DiTSpec, tx: optax.GradientTransformation, schedule: optax.Schedule,
@@ -99,7 +101,7 @@ def make_train_step(spec: DiTSpec, tx: optax.GradientTransformation, schedule: o
 
   def train_step(state: TrainState, batch: dict, rng: Array):
     rng = jax.random.fold_in(rng, state.step)
-    k_t, k_eps, k_drop, k_clean = jax.random.split(rng, 4)
+    k_t, k_eps, k_drop = jax.random.split(rng, 3)
     x = batch["latents"].astype(jnp.float32)                                   # [B, F, H, W, C]
     b, f = x.shape[:2]
     n = f // fpc
@@ -110,14 +112,9 @@ def make_train_step(spec: DiTSpec, tx: optax.GradientTransformation, schedule: o
     target = flow.velocity_target(x, eps)
     context = dropout_context(k_drop, batch["context"], batch["null_context"],
                               settings.text_dropout)
-    clean = clean_t = None
-    if settings.teacher_forced:
-      clean_t = jnp.full(t.shape, settings.clean_t, jnp.float32)               # [B, F]
-      clean = x if settings.clean_t == 0.0 else flow.noisy(
-          x, jax.random.normal(k_clean, x.shape, jnp.float32), clean_t)       # [B, F, H, W, C]
 
     def loss_fn(params):
-      v = predict_velocity(spec, params, x_t, t, context, mode, clean, clean_t)  # [B, F, H, W, C]
+      v = predict_velocity(spec, params, x_t, t, context, mode)                # [B, F, H, W, C]
       return losses.flow_matching_loss(v, target), v
 
     (loss, v), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
