@@ -60,9 +60,8 @@ def tiny_clip(r, out_dim):
   return {k: np.asarray(v, np.float32) for k, v in sd.items()}
 
 
-@pytest.fixture(scope="module")
-def weights_dir(tmp_path_factory):
-  d = tmp_path_factory.mktemp("weights")
+def write_tiny_weights(d):
+  """Tiny random DINO / CLIP B-32 / CLIP L-14 / LAION-head files in the public key layouts."""
   r = np.random.default_rng(0)
   save_file(tiny_dino(r), str(d / "dino_vitbase16_pretrain.safetensors"))
   np.savez(d / "ViT-B-32.npz", **tiny_clip(r, 16))
@@ -70,6 +69,11 @@ def weights_dir(tmp_path_factory):
   save_file({"weight": r.normal(size=(1, 24)).astype(np.float32),
              "bias": np.full((1,), 5.0, np.float32)}, str(d / "sa_0_4_vit_l_14_linear.safetensors"))
   return d
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory):
+  return write_tiny_weights(tmp_path_factory.mktemp("weights"))
 
 
 def moving_square(t, h=32, w=48, seed=0):

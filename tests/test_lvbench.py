@@ -8,11 +8,10 @@ import os
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
 
 from blockvid_jax import video_io
 from blockvid_jax.lvbench import cli, meta
-from test_evaluate_cli import tiny_clip, tiny_dino
+from test_evaluate_cli import write_tiny_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "toy_cpu.py")
@@ -94,14 +93,7 @@ def test_unknown_ids_and_bad_override(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def weights_dir(tmp_path_factory):
-  d = tmp_path_factory.mktemp("weights")
-  r = np.random.default_rng(0)
-  save_file(tiny_dino(r), str(d / "dino_vitbase16_pretrain.safetensors"))
-  np.savez(d / "ViT-B-32.npz", **tiny_clip(r, 16))
-  save_file(tiny_clip(r, 24), str(d / "ViT-L-14.safetensors"))
-  save_file({"weight": r.normal(size=(1, 24)).astype(np.float32),
-             "bias": np.full((1,), 5.0, np.float32)}, str(d / "sa_0_4_vit_l_14_linear.safetensors"))
-  return d
+  return write_tiny_weights(tmp_path_factory.mktemp("weights"))
 
 
 def test_generate_shards_resume_then_report(tmp_path, capsys, weights_dir):
