@@ -43,9 +43,43 @@ def test_chunk_captions_cover_spans_gaps_and_ties():
                                 {"start": 1.0, "end": 1.5, "caption": "B"},
                                 {"start": 2.5, "end": 3.0, "caption": "C"}]})["v"]
   # chunks of 0.5 s: [0,.5) A, [.5,1) A, [1,1.5) B, [1.5,2) gap -> B, [2,2.5) gap -> B, [2.5,3) C
-  assert meta.chunk_captions(caps, 0.5) == ["A", "A", "B", "B", "B", "C"]
-  # chunks of 0.75 s: [0,.75) A, [.75,1.5) tie .25/.5 -> B, [1.5,2.25) gap -> B, [2.25,3) C
-  assert meta.chunk_captions(caps, 0.75) == ["A", "B", "B", "C"]
+  assert meta.chunk_captions(caps, meta.ChunkTiming(1, 0, 2.0)) == ["A", "A", "B", "B", "B", "C"]
+  # chunks of 0.75 s: [0,.75) A, [.75,1.5) .25/.5 -> B, [1.5,2.25) gap -> B, [2.25,3) C
+  assert meta.chunk_captions(caps, meta.ChunkTiming(3, 0, 4.0)) == ["A", "B", "B", "C"]
+  # a tie (.25 each in [.75, 1.5) of B' = [1.25, 3)) goes to the earlier caption
+  tie = meta.parse_meta({"v": [{"start": 0, "end": 1.0, "caption": "A"},
+                               {"start": 1.25, "end": 3.0, "caption": "B"}]})["v"]
+  assert meta.chunk_captions(tie, meta.ChunkTiming(3, 0, 4.0)) == ["A", "A", "B", "B"]
+
+
+@pytest.mark.parametrize("name,fpc,fps", [("self_forcing_1_3b", 3, 16), ("wan_1_3b_causal", 3, 16),
+                                           ("skyreels_v2_df_1_3b", 5, 24)])
+def test_wan_chunk_timing_has_a_short_first_chunk(name, fpc, fps):
+  from blockvid_jax.encode import chunk_frame_range  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.models.vae import VAESpec  # pylint: disable=import-outside-toplevel
+  config = cli.load_config(os.path.join(ROOT, "configs", f"{name}.py"))
+  assert config.autoencoder.kind == "wan"
+  timing = meta.chunk_timing(config)
+  assert timing == meta.ChunkTiming(frames=4 * fpc, first_short=3, fps=fps)
+  for c in range(4):
+    lo, hi = timing.frame_range(c)
+    assert hi - lo == 4 * fpc - (3 if c == 0 else 0)
+    assert (lo, hi - 1) == chunk_frame_range(c, fpc)        # the frames encode.py gives chunk c
+    assert timing.num_frames(c + 1) == 1 + 4 * ((c + 1) * fpc - 1)
+    assert timing.num_frames(c + 1) == VAESpec().num_video_frames((c + 1) * fpc)
+  n = timing.num_chunks(60.0)                                # a minute: the fewest chunks >= 60 s
+  assert timing.num_frames(n) / fps >= 60.0 > timing.num_frames(n - 1) / fps
+
+
+def test_wan_captions_follow_the_short_first_chunk():
+  config = cli.load_config(os.path.join(ROOT, "configs", "self_forcing_1_3b.py"))
+  caps = meta.parse_meta({"v": [{"start": 0, "end": 1.0, "caption": "A"},
+                                {"start": 1.0, "end": 2.1, "caption": "B"}]})["v"]
+  # 16 fps, 12 frames per chunk but 9 in the first: [0, .5625) A, [.5625, 1.3125) .4375 A / .3125
+  # B -> A, [1.3125, 2.0625) B, [2.0625, 2.8125) B; 3 chunks (33 frames) would end at 2.0625 s
+  assert meta.chunk_captions(caps, meta.chunk_timing(config)) == ["A", "A", "B", "B"]
+  # equal 0.75 s chunks (no short first chunk) would give 3 chunks A, B, B
+  assert meta.chunk_captions(caps, meta.ChunkTiming(12, 0, 16.0)) == ["A", "B", "B"]
 
 
 def test_select_partitions_sorted_ids():
@@ -85,6 +119,9 @@ def test_unknown_ids_and_bad_override(tmp_path, capsys):
   assert cli.main(["generate", "--meta", m, "--config", CONFIG, "--out", str(out),
                    "--config.model.no_such_field=3"]) == 2
   one_line_error(capsys, "bad override")
+  assert cli.main(["generate", "--meta", m, "--config", CONFIG, "--out", str(out),
+                   "--config.autoencoder.kind=wan"] + SMALL) == 2       # latents only: no .mp4
+  one_line_error(capsys, "needs autoencoder.checkpoint")
   assert not out.exists()
 
 

@@ -5,10 +5,14 @@ seconds. Checked before anything is written (one-line `MetaError` otherwise): a 
 ids usable as file names; per video a non-empty list of entries with numeric 0 <= start < end and
 a non-empty caption, in time order and not overlapping (touching is fine).
 
-Chunks: a model chunk lasts `chunk_seconds(config)` = pixel frames per chunk / fps. A video of
-duration D = the last caption's end has ceil(D / chunk) chunks; chunk c spans [c, c + 1) * chunk and
-is conditioned by the caption whose span covers most of it (ties: the earlier caption); a chunk in
-a gap between captions keeps the previous caption.
+Chunks (`ChunkTiming`): a model chunk of Fc latent frames decodes to Fc x temporal factor pixel
+frames (toy autoencoder: x 1; Wan VAE: x 4), except the first chunk of a causal VAE, whose first
+latent frame decodes to one pixel frame: with the Wan VAE a video of C chunks has
+1 + 4 (C Fc - 1) pixel frames, chunk 0 covers frames [0, 4 Fc - 3) and chunk c > 0 covers
+[4 c Fc - 3, 4 (c + 1) Fc - 3). At the config's fps, chunk c spans those frames' seconds
+[lo / fps, hi / fps). A video of duration D = the last caption's end gets the fewest chunks whose
+frames last >= D; each chunk is conditioned by the caption whose span covers most of it (ties: the
+earlier caption); a chunk in a gap between captions keeps the previous caption.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ import re
 from typing import Optional, Sequence
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-TEMPORAL_FACTOR = {"toy": 1, "wan_vae": 4}   # pixel frames per latent frame of each autoencoder
+# per autoencoder kind (config_lib.AUTOENCODERS; "wan_vae" is an alias of "wan"): pixel frames per
+# latent frame, and pixel frames the first chunk lacks (the causal VAE's lone first frame)
+AUTOENCODER_FRAMES = {"toy": (1, 0), "wan": (4, 3), "wan_vae": (4, 3)}
 
 
 class MetaError(Exception):
@@ -98,21 +104,50 @@ def select(ids: Sequence[str], start: int = 0, count: Optional[int] = None,
   return ids[start:] if count is None else ids[start:start + count]
 
 
-def chunk_seconds(config) -> float:
-  """Seconds of video per model chunk: latent frames per chunk x temporal factor / fps."""
+@dataclasses.dataclass(frozen=True)
+class ChunkTiming:
+  """Pixel frames and seconds of each model chunk (see the module docstring)."""
+  frames: int          # pixel frames of every chunk but the first
+  first_short: int     # pixel frames the first chunk has fewer (Wan VAE: 3; toy: 0)
+  fps: float
+
+  def frame_range(self, c: int) -> tuple[int, int]:
+    """[lo, hi) pixel frames of chunk c."""
+    return max(0, c * self.frames - self.first_short), (c + 1) * self.frames - self.first_short
+
+  def span(self, c: int) -> tuple[float, float]:
+    """[lo, hi) seconds of chunk c."""
+    lo, hi = self.frame_range(c)
+    return lo / self.fps, hi / self.fps
+
+  def num_frames(self, num_chunks: int) -> int:
+    """Pixel frames of a video of `num_chunks` chunks."""
+    return self.frame_range(num_chunks - 1)[1]
+
+  def num_chunks(self, seconds: float) -> int:
+    """The fewest chunks (>= 1) whose frames last at least `seconds`."""
+    return max(1, math.ceil((seconds * self.fps + self.first_short) / self.frames - 1e-9))
+
+
+def chunk_timing(config) -> ChunkTiming:
+  """The chunk timing of a config: model.frames_per_chunk, autoencoder.kind, video.fps."""
   kind = config.autoencoder.kind
-  if kind not in TEMPORAL_FACTOR:
-    raise MetaError(f"autoencoder.kind={kind!r}: unknown temporal factor")
-  return config.model.frames_per_chunk * TEMPORAL_FACTOR[kind] / config.video.fps
+  if kind not in AUTOENCODER_FRAMES:
+    raise MetaError(f"autoencoder.kind={kind!r}: unknown temporal factor (one of "
+                    f"{', '.join(AUTOENCODER_FRAMES)})")
+  factor, short = AUTOENCODER_FRAMES[kind]
+  fpc, fps = config.model.frames_per_chunk, config.video.fps
+  if fpc < 1 or fps <= 0:
+    raise MetaError(f"need model.frames_per_chunk >= 1 and video.fps > 0, got {fpc}, {fps}")
+  return ChunkTiming(frames=fpc * factor, first_short=short, fps=float(fps))
 
 
-def chunk_captions(captions: Sequence[Caption], seconds: float) -> list[str]:
+def chunk_captions(captions: Sequence[Caption], timing: ChunkTiming) -> list[str]:
   """The caption conditioning each chunk (see the module docstring)."""
-  n = max(1, math.ceil(captions[-1].end / seconds - 1e-9))
   out = []
-  for c in range(n):
-    lo, hi = c * seconds, (c + 1) * seconds
-    overlap = [max(0.0, min(hi, cap.end) - max(lo, cap.start)) for cap in captions]
+  for c in range(timing.num_chunks(captions[-1].end)):
+    lo, hi = timing.span(c)
+    overlap = [round(max(0.0, min(hi, cap.end) - max(lo, cap.start)), 9) for cap in captions]
     best = max(range(len(captions)), key=lambda i: (overlap[i], -i))
     if overlap[best] <= 0:       # a gap: the last caption that started before this chunk
       before = [i for i, cap in enumerate(captions) if cap.start <= lo]
