@@ -166,8 +166,12 @@ class UMT5TextEncoder:
     self.max_len = tokenizer.max_length
     self._apply = jax.jit(UMT5Encoder(spec).apply)
 
-  def encode(self, prompts) -> tuple[Array, Array, Array]:
+  def encode(self, prompts, batch_sharding=None) -> tuple[Array, Array, Array]:
+    """`batch_sharding`: optional sharding of the [B, T] token ids (e.g. B over the mesh's data
+    axes, B a multiple of their size): the prompts are then encoded data-parallel."""
     ids, mask = self.tokenizer(list(prompts))  # [B, T] int32 each
-    emb = self._apply({"params": self.params}, jnp.asarray(ids), jnp.asarray(mask))  # [B, T, E]
+    put = jnp.asarray if batch_sharding is None else (
+        lambda a: jax.device_put(a, batch_sharding))
+    emb = self._apply({"params": self.params}, put(ids), put(mask))  # [B, T, E]
     mask = jnp.asarray(mask) > 0
     return emb, mask, masked_mean(emb, mask)
