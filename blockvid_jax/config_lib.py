@@ -26,6 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"               # matmul compute dtype (float32 | bfloat16)
   c.model.remat_policy = "none"           # none | full | dots | dots_no_batch
   c.model.attention_impl = "xla"          # xla | fused (cuDNN flash attention on GPU)
+  c.model.prediction = "v"                # v (public checkpoints) | x0 (clean-latent head, toy)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                        # data-parallel axis (-1: all remaining devices)

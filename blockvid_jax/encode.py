@@ -9,7 +9,7 @@ host's devices (K videos per device per step); on several hosts (BLOCKVID_DISTRI
 `parallel.distributed`) each process encodes its own share of the videos into the shared
 LATENT_DIR. Resumable (finished videos are skipped); a progress bar shows videos done / total,
 videos/s and the ETA; LATENT_DIR/encode_report.json lists written, done and skipped videos. The
-library (`blockvid_jax.data.encode_videos.encode_folder`) documents the details. User errors print
+library (`blockvid_jax.encode_videos.encode_folder`) documents the details. User errors print
 one line and exit 2.
 """
 
@@ -33,7 +33,7 @@ _PER_DEVICE = flags.DEFINE_integer("videos_per_device", 1, "Videos per device in
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  from blockvid_jax.data.encode_videos import REPORT, encode_folder  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.encode_videos import REPORT, encode_folder  # pylint: disable=import-outside-toplevel
   from blockvid_jax.models import ConfigError  # pylint: disable=import-outside-toplevel
   from blockvid_jax.parallel.distributed import maybe_initialize  # pylint: disable=import-outside-toplevel
   try:

@@ -17,7 +17,7 @@ from safetensors.numpy import save_file
 import tiny_pretrained_config  # tests/ is on sys.path
 from blockvid_jax.convert.umt5 import expected_shapes
 from blockvid_jax.convert.wan_vae import random_state_dict
-from blockvid_jax.data.encode_videos import (REPORT, encode_folder, encode_mesh,
+from blockvid_jax.encode_videos import (REPORT, encode_folder, encode_mesh,
                                              encode_video_batch, host_share)
 from blockvid_jax.models import ConfigError
 from blockvid_jax.models.umt5 import UMT5Spec

@@ -55,7 +55,7 @@ def test_chunk_captions_cover_spans_gaps_and_ties():
 @pytest.mark.parametrize("name,fpc,fps", [("self_forcing_1_3b", 3, 16), ("wan_1_3b_causal", 3, 16),
                                            ("skyreels_v2_df_1_3b", 5, 24)])
 def test_wan_chunk_timing_has_a_short_first_chunk(name, fpc, fps):
-  from blockvid_jax.encode import chunk_frame_range  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.encode_videos import chunk_frame_range  # pylint: disable=import-outside-toplevel
   from blockvid_jax.models.vae import VAESpec  # pylint: disable=import-outside-toplevel
   config = cli.load_config(os.path.join(ROOT, "configs", f"{name}.py"))
   assert config.autoencoder.kind == "wan"

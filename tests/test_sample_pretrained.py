@@ -106,7 +106,7 @@ def test_encode_writes_a_latent_folder(weights, tmp_path):
   import jax  # pylint: disable=import-outside-toplevel
   import tiny_pretrained_config  # pylint: disable=import-outside-toplevel
   from blockvid_jax.data.latent_folder import LatentFolderSource  # pylint: disable=import-outside-toplevel
-  from blockvid_jax.data.encode_videos import REPORT, chunk_frame_range, encode_folder  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.encode_videos import REPORT, chunk_frame_range, encode_folder  # pylint: disable=import-outside-toplevel
   from blockvid_jax.video_io import write_video  # pylint: disable=import-outside-toplevel
   videos = tmp_path / "videos"
   videos.mkdir()

@@ -22,7 +22,7 @@ from blockvid_jax.models.attention import block_causal_mask, teacher_forcing_mas
 from blockvid_jax.models.block import Block, modulate
 from blockvid_jax.models.embeddings import (TextEmbedding, TimeEmbedding, dense, layer_norm,
                                             patchify, unpatchify)
-from blockvid_jax.models.spec import ConfigError, DiTSpec
+from blockvid_jax.models.spec import X0_T_FLOOR, ConfigError, DiTSpec
 from blockvid_jax.typing import Array
 
 MODES = ("causal", "bidirectional")
@@ -195,4 +195,8 @@ class CausalDiT(nn.Module):
     h = modulate(layer_norm(x, s.eps), mod[:, :, 0], mod[:, :, 1], p)        # [B, L, D]
     out = dense(s.patch_volume * s.out_channels, ("embed", "patch"), dt, pdt, "head")(h.astype(dt))
     out = out.astype(jnp.float32).reshape(b, fp, gx, gy, -1)                 # [B, F', X, Y, pC]
-    return unpatchify(out, s.patch_size), ys                                 # [B, F, H, W, C]
+    out = unpatchify(out, s.patch_size)                                      # [B, F, H, W, C]
+    if s.prediction == "x0":  # the head predicted clean latents: return the flow velocity
+      t_floor = jnp.maximum(t, X0_T_FLOOR)[:, :, None, None, None]           # [B, F, 1, 1, 1]
+      out = (latents.astype(jnp.float32) - out) / t_floor
+    return out, ys

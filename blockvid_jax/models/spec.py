@@ -25,6 +25,12 @@ class AttentionImpl(str, enum.Enum):
 
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# What the output head predicts. `v`: the flow velocity eps - x0 (Wan2.1 and every public
+# checkpoint). `x0`: the clean latents, turned into v = (x_t - x0) / max(t, X0_T_FLOOR) inside the
+# model, so every caller still sees v (x-prediction, Li & He 2025, "Back to Basics: Let Denoising
+# Generative Models Denoise"): a small network need not reproduce the input noise at high t.
+PREDICTIONS = ("v", "x0")
+X0_T_FLOOR = 0.05
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -47,6 +53,7 @@ class DiTSpec:
   param_dtype: str = "float32"
   remat_policy: str = "none"           # one of REMAT_POLICIES
   attention_impl: str = "xla"          # one of AttentionImpl
+  prediction: str = "v"                # one of PREDICTIONS (the model still returns v)
 
   def __post_init__(self):
     self.validate()
@@ -121,6 +128,9 @@ class DiTSpec:
     need(self.attention_impl in {a.value for a in AttentionImpl},
          f"model.attention_impl must be one of {[a.value for a in AttentionImpl]}, "
          f"got {self.attention_impl!r}")
+
+    need(self.prediction in PREDICTIONS,
+         f"model.prediction must be one of {list(PREDICTIONS)}, got {self.prediction!r}")
 
   def check_latents(self, shape: tuple[int, ...], what: str = "latents") -> None:
     """One-line errors for a latent video of the wrong shape: [B, F, H, W, C]."""

@@ -12,6 +12,7 @@ import ml_collections
 from blockvid_jax.config_lib import validate
 from blockvid_jax.diffusion.noise import SCHEDULES
 from blockvid_jax.models.spec import ConfigError, DiTSpec
+from blockvid_jax.training.losses import LOSS_WEIGHTS
 
 STAGES = ("causal", "teacher")
 DATA_KINDS = ("toy", "latents")
@@ -48,6 +49,7 @@ def add_train_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   c.train.grad_clip = 1.0                 # global-norm gradient clipping (0: off)
   c.train.ema_decay = 0.999               # EMA of the params (0: no EMA kept)
   c.train.text_dropout = 0.1              # P(chunk caption -> empty prompt), for CFG
+  c.train.loss_weight = "v"               # v: MSE on the velocity | x0: t^2-weighted = MSE on x0
   c.train.noise = ml_collections.ConfigDict()
   c.train.noise.kind = "cosine"           # linear | cosine (paper) | independent | constant
   c.train.noise.t_min_max = 1.0           # t_min ~ U(0, t_min_max) per sample (ramps)
@@ -115,6 +117,8 @@ def validate_train(config: ml_collections.ConfigDict) -> DiTSpec:
         f"{t.b1}, {t.b2}")
   _need(t.grad_clip >= 0, f"train.grad_clip must be >= 0 (0: off), got {t.grad_clip}")
   _need(0.0 <= t.ema_decay < 1.0, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+  _need(t.loss_weight in LOSS_WEIGHTS,
+        f"train.loss_weight must be one of {list(LOSS_WEIGHTS)}, got {t.loss_weight!r}")
   _need(0.0 <= t.text_dropout < 1.0, f"train.text_dropout must be in [0, 1), got {t.text_dropout}")
   n = t.noise
   _need(n.kind in SCHEDULES, f"train.noise.kind must be one of {list(SCHEDULES)}, got {n.kind!r}")

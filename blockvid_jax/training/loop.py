@@ -212,7 +212,7 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[Any]]
   settings = steps.StepSettings(stage=t.stage, noise_kind=t.noise.kind,
                                 t_min_max=t.noise.t_min_max, t_max=t.noise.t_max,
                                 shift=t.noise.shift, text_dropout=t.text_dropout,
-                                ema_decay=t.ema_decay)
+                                ema_decay=t.ema_decay, loss_weight=t.loss_weight)
   batch_sharding = steps.batch_shardings(mesh, 4, rules)
   train_step = steps.jit_train_step(steps.make_train_step(spec, tx, schedule, settings), mesh,
                                     shardings, batch_sharding, rules)

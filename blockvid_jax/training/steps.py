@@ -47,6 +47,7 @@ class StepSettings:
   shift: float = 1.0
   text_dropout: float = 0.0      # P(a caption chunk's context -> null context)
   ema_decay: float = 0.0         # 0: no EMA
+  loss_weight: str = "v"         # see losses.LOSS_WEIGHTS
 
   def __post_init__(self):
     if self.stage not in STAGE_MODES:
@@ -115,7 +116,8 @@ def make_train_step(spec: DiTSpec, tx: optax.GradientTransformation, schedule: o
 
     def loss_fn(params):
       v = predict_velocity(spec, params, x_t, t, context, mode)                # [B, F, H, W, C]
-      return losses.flow_matching_loss(v, target), v
+      weight = losses.frame_weights(t, settings.loss_weight)                   # [B, F]
+      return losses.flow_matching_loss(v, target, weight), v
 
     (loss, v), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
