@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     latents, pixels = generate.generate(config, prompts, args.num_chunks, args.seed,
                                         checkpoint=args.checkpoint, progress=False)
     z = np.asarray(latents)[..., :channels]                               # [1, F, X, Y, 3 s^2]
-    s = toy_fidelity.video_scores(pixels, captions, fpc)["summary"]
+    s = toy_fidelity.video_scores(pixels, captions, fpc, config.data.sprite_size)["summary"]
     row = dict(guidance=g, min=float(z.min()), max=float(z.max()),
                q001=float(np.quantile(z, 0.001)), q999=float(np.quantile(z, 0.999)),
                outside=float(np.mean(np.abs(z) > 1.05)), **{k: s[k] for k in

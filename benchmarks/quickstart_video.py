@@ -7,8 +7,8 @@ Per chunk (`blockvid_jax.data.toy_fidelity`): background colour, sprite colour a
 recognised against the toy renderer's palette and objects (best placement of every candidate
 rendering), the RMS pixel error of the caption's rendering at its best placement, and the share of a
 flat background's error the caption's sprite removes (`sprite_gain`: 1 for the renderer's frames,
-<= 0 when no sprite is visible). The same scores for the toy renderer's own video of the same
-captions give the scale. Prints a table, writes `benchmarks/results/quickstart_video.json` and a
+<= 0 when no sprite is visible; tests/test_toy_fidelity.py checks the renderer's own frames score
+1). Prints a table, writes `benchmarks/results/quickstart_video.json` and a
 frame-grid PNG (one column per chunk, its frames top to bottom, 4x nearest-neighbour).
 """
 
@@ -41,6 +41,8 @@ def main(argv=None) -> int:
   ap.add_argument("--video", required=True)
   ap.add_argument("--prompts", required=True)
   ap.add_argument("--frames_per_chunk", type=int, default=3)
+  ap.add_argument("--sprite_size", type=int, default=16,
+                  help="sprite side of the training build (configs/toy_cpu.py: data.sprite_size)")
   ap.add_argument("--grid", default=os.path.join(RESULTS, "quickstart_grid.png"))
   ap.add_argument("--grid_chunks", type=int, default=20)
   ap.add_argument("--out", default=os.path.join(RESULTS, "quickstart_video.json"))
@@ -49,7 +51,7 @@ def main(argv=None) -> int:
   fpc = args.frames_per_chunk
   num = frames.shape[0] // fpc
   captions = generate.chunk_prompts(generate.read_prompts(args.prompts), num)
-  scores = toy_fidelity.video_scores(frames[:num * fpc], captions, fpc)
+  scores = toy_fidelity.video_scores(frames[:num * fpc], captions, fpc, args.sprite_size)
   print(f"{'chunk':>5} {'ok':>3} {'bg':>3} {'col':>3} {'shape':>5} {'render_err':>10} "
         f"{'sprite_gain':>11}  caption")
   for i, (ch, cap) in enumerate(zip(scores["chunks"], captions)):

@@ -41,6 +41,8 @@ def get_config(arg: str = ""):
   c.data.window_chunks = 4           # 12 latent frames per training window
   c.data.frames_per_chunk = 3        # = model.frames_per_chunk: one caption per model chunk
   c.data.num_videos = 64
+  c.data.sprite_size = 16            # half the frame: sprite colour is learnt from the caption in
+                                     # 600 steps (8 px sprites: 0.4 of chunks, 16 px: 0.75)
 
   c.train.total_steps = 600
   c.train.batch_size = 4

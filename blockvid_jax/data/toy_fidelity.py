@@ -33,9 +33,9 @@ import numpy as np
 from blockvid_jax.data import toy_grammar as grammar
 
 
-def sprite_size(resolution: int) -> int:
-  """The toy renderer's sprite side for a frame of `resolution` pixels."""
-  return max(4, resolution // 4)
+def sprite_size(resolution: int, size: int = 0) -> int:
+  """The toy renderer's sprite side for a frame of `resolution` pixels (`size` 0: the default)."""
+  return size or grammar.default_sprite_size(resolution)
 
 
 @functools.lru_cache(maxsize=None)
@@ -46,24 +46,28 @@ def _mask_fft(obj: str, size: int, resolution: int) -> np.ndarray:
   return np.fft.fft2(canvas)
 
 
-def _placement_errors(frame: np.ndarray, obj: str, fg, bg) -> np.ndarray:
+def _placement_errors(frame: np.ndarray, obj: str, fg, bg, size: int) -> np.ndarray:
   """Squared error of the rendering at every top-left corner: [H, W] (frame float64 [H, W, 3])."""
   res = frame.shape[0]
   d_bg = np.sum((frame - np.asarray(bg, np.float64)) ** 2, axis=-1)          # [H, W]
   d_fg = np.sum((frame - np.asarray(fg, np.float64)) ** 2, axis=-1)          # [H, W]
   delta = d_fg - d_bg                                                         # [H, W]
   # corr[p] = sum_x mask(x) delta(x + p): circular cross-correlation through the FFT.
-  corr = np.real(np.fft.ifft2(np.fft.fft2(delta) * np.conj(_mask_fft(obj, sprite_size(res), res))))
+  corr = np.real(np.fft.ifft2(np.fft.fft2(delta) * np.conj(_mask_fft(obj, size, res))))
   return d_bg.sum() + corr                                                    # [H, W]
 
 
-def frame_scores(frame: np.ndarray, caption: str) -> dict:
-  """Recognition results of one frame uint8 [H, W, 3] against a toy caption (module docstring)."""
+def frame_scores(frame: np.ndarray, caption: str, size: int = 0) -> dict:
+  """Recognition results of one frame uint8 [H, W, 3] against a toy caption (module docstring).
+
+  size: the sprite side of the build that rendered the caption (0: the default for the resolution).
+  """
   scene = grammar.parse_caption(caption)
   f = np.asarray(frame, np.float64)
   res = f.shape[0]
   if f.shape != (res, res, 3):
     raise ValueError(f"toy frames are square RGB, got shape {frame.shape}")
+  size = sprite_size(res, size)
   fg = grammar.SPRITE_COLOURS[scene.colour]
   bg = grammar.BACKGROUND_COLOURS[scene.background]
   # Background: palette colour nearest to the per-channel median of the frame (the sprite covers
@@ -72,7 +76,7 @@ def frame_scores(frame: np.ndarray, caption: str) -> dict:
   names = list(grammar.BACKGROUND_COLOURS)
   dists = [np.sum((mode - np.asarray(grammar.BACKGROUND_COLOURS[n])) ** 2) for n in names]
   background_ok = names[int(np.argmin(dists))] == scene.background
-  best = lambda obj, colour: float(np.min(_placement_errors(f, obj, colour, bg)))
+  best = lambda obj, colour: float(np.min(_placement_errors(f, obj, colour, bg, size)))
   own = best(scene.obj, fg)
   colour_ok = all(own < best(scene.obj, c) for n, c in grammar.SPRITE_COLOURS.items()
                   if n != scene.colour)
@@ -84,7 +88,8 @@ def frame_scores(frame: np.ndarray, caption: str) -> dict:
           "sprite_gain": float(np.clip(1.0 - own / max(flat_error, 1e-9), -1.0, 1.0))}
 
 
-def video_scores(frames: np.ndarray, captions: Sequence[str], frames_per_chunk: int) -> dict:
+def video_scores(frames: np.ndarray, captions: Sequence[str], frames_per_chunk: int,
+                 size: int = 0) -> dict:
   """Per-chunk and overall recognition of a toy video uint8 [C * Fc, H, W, 3] with C captions."""
   frames = np.asarray(frames)
   c = len(captions)
@@ -93,7 +98,7 @@ def video_scores(frames: np.ndarray, captions: Sequence[str], frames_per_chunk: 
                      "frames per chunk")
   chunks = []
   for i, cap in enumerate(captions):
-    per = [frame_scores(fr, cap) for fr in frames[i * frames_per_chunk:(i + 1) * frames_per_chunk]]
+    per = [frame_scores(fr, cap, size) for fr in frames[i * frames_per_chunk:(i + 1) * frames_per_chunk]]
     maj = lambda k: sum(p[k] for p in per) * 2 > len(per)
     chunk = {k: maj(k) for k in ("background", "colour", "shape")}
     chunk["correct"] = all(chunk.values())

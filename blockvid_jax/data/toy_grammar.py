@@ -103,6 +103,11 @@ def vocabulary() -> tuple[str, ...]:
   return tuple(sorted(words))
 
 
+def default_sprite_size(resolution: int) -> int:
+  """The sprite side in pixels of a toy frame of `resolution` pixels unless a build sets another."""
+  return max(4, resolution // 4)
+
+
 def sprite_mask(obj: str, size: int) -> np.ndarray:
   """Boolean ink mask [size, size] of a shape or a digit (the font scaled by nearest neighbour)."""
   if obj in DIGIT_WORDS:

@@ -44,6 +44,7 @@ class ToyLongVideoConfig(tfds.core.BuilderConfig):
   min_scenes: int = 2           # scenes per video are drawn from [min_scenes, max_scenes]
   max_scenes: int = 3
   use_digits: bool = True       # digits from the built-in 3x5 font besides the four shapes
+  sprite_size: int = 0          # sprite side in pixels (0: max(4, resolution // 4))
   seed: int = 0
 
   def validate(self) -> None:
@@ -53,9 +54,16 @@ class ToyLongVideoConfig(tfds.core.BuilderConfig):
       raise ValueError("frames_per_chunk and chunks_per_video must be >= 1")
     if self.num_videos < 1 or self.num_test_videos < 0:
       raise ValueError("num_videos must be >= 1 and num_test_videos >= 0")
+    if self.sprite_size and not 4 <= self.sprite_size <= self.resolution:
+      raise ValueError(f"sprite_size must be 0 (default) or in [4, resolution={self.resolution}], "
+                       f"got {self.sprite_size}")
     if not 1 <= self.min_scenes <= self.max_scenes:
       raise ValueError(f"need 1 <= min_scenes <= max_scenes, got {self.min_scenes}, "
                        f"{self.max_scenes}")
+
+  @property
+  def sprite_side(self) -> int:
+    return self.sprite_size or grammar.default_sprite_size(self.resolution)
 
   @property
   def frames_per_video(self) -> int:
@@ -64,16 +72,17 @@ class ToyLongVideoConfig(tfds.core.BuilderConfig):
 
 def toy_config(*, resolution: int = 32, frames_per_chunk: int = 3, chunks_per_video: int = 12,
                num_videos: int = 64, num_test_videos: int = 8, min_scenes: int = 2,
-               max_scenes: int = 3, use_digits: bool = True, seed: int = 0) -> ToyLongVideoConfig:
+               max_scenes: int = 3, use_digits: bool = True, sprite_size: int = 0,
+               seed: int = 0) -> ToyLongVideoConfig:
   """A config whose name encodes every field, so each geometry/seed builds into its own folder."""
   name = (f"r{resolution}_f{frames_per_chunk}_c{chunks_per_video}_n{num_videos}"
           f"_t{num_test_videos}_s{min_scenes}-{max_scenes}_{'d' if use_digits else 'nd'}"
-          f"_seed{seed}")
+          f"{f'_z{sprite_size}' if sprite_size else ''}_seed{seed}")
   config = ToyLongVideoConfig(
       name=name, description="procedural sprites with recurring scenes", resolution=resolution,
       frames_per_chunk=frames_per_chunk, chunks_per_video=chunks_per_video, num_videos=num_videos,
       num_test_videos=num_test_videos, min_scenes=min_scenes, max_scenes=max_scenes,
-      use_digits=use_digits, seed=seed)
+      use_digits=use_digits, sprite_size=sprite_size, seed=seed)
   config.validate()
   return config
 
@@ -172,7 +181,7 @@ def generate_video(config: ToyLongVideoConfig, split: str, index: int) -> dict[s
   num_scenes = int(rng.integers(config.min_scenes, config.max_scenes + 1))
   num_scenes = max(1, min(num_scenes, num_chunks - 1))  # leave room for at least one return
   scenes = _sample_scenes(rng, num_scenes, config.use_digits)
-  size = max(4, res // 4)
+  size = config.sprite_side
   masks = [grammar.sprite_mask(s.obj, size) for s in scenes]
   states = [_initial_state(rng, s.motion, res, size) for s in scenes]
   scene_ids = _scene_pattern(rng, num_scenes, num_chunks)  # [C]

@@ -31,6 +31,7 @@ def add_train_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   c.data.num_test_videos = 8              # toy: videos in the test split (sample prompts)
   c.data.toy_seed = 0                     # toy: generator seed (the data order uses `seed`)
   c.data.use_digits = True                # toy: digits besides the four shapes
+  c.data.sprite_size = 0                  # toy: sprite side in pixels (0: resolution // 4)
   c.data.num_threads = 2                  # grain reader threads (threads, not processes)
   c.data.prefetch = 4                     # grain prefetch buffer (batches)
 

@@ -76,7 +76,7 @@ def _toy_data(config, data_dir: str):
   return toy_config(resolution=config.video.latent_height * config.autoencoder.factor,
                     frames_per_chunk=d.frames_per_chunk, chunks_per_video=d.chunks_per_video,
                     num_videos=d.num_videos, num_test_videos=d.num_test_videos,
-                    use_digits=d.use_digits, seed=d.toy_seed)
+                    use_digits=d.use_digits, sprite_size=d.sprite_size, seed=d.toy_seed)
 
 
 def make_input(config, spec: DiTSpec, workdir: str, local_batch: int):
