@@ -6,8 +6,8 @@
 The toy autoencoder's latents of real frames lie in [-1, 1] (pixels scaled to [-1, 1]); classifier-
 free guidance extrapolates cond - uncond and can push latents out of that range, which decodes to
 saturated noise. For each scale: min / max / 0.1% and 99.9% quantiles of the sampled latents (data
-channels only), the share of latents outside [-1.05, 1.05], and the `toy_fidelity` summary of the decoded
-video. Prints a table, writes `benchmarks/results/guidance_range.json`.
+channels only), the share of latents outside [-1.05, 1.05], and the `toy_fidelity` summary of the
+decoded video. Prints a table, writes `benchmarks/results/guidance_range.json`.
 """
 
 from __future__ import annotations
@@ -19,19 +19,11 @@ import sys
 
 import numpy as np
 
-from blockvid_jax import generate
+from blockvid_jax import config_lib, generate
 from blockvid_jax.data import toy_fidelity
 from blockvid_jax.models import toy_autoencoder
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-
-
-def load_config(path: str):
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def main(argv=None) -> int:
@@ -44,7 +36,8 @@ def main(argv=None) -> int:
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--out", default=os.path.join(RESULTS, "guidance_range.json"))
   args = ap.parse_args(argv)
-  config = load_config(args.config)
+  name = os.path.splitext(os.path.basename(args.config))[0]
+  config = config_lib.sibling_config(args.config, name)
   if config.autoencoder.kind != "toy":
     print("error: this benchmark reads toy checkpoints (autoencoder.kind='toy')", file=sys.stderr)
     return 2

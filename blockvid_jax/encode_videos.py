@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from blockvid_jax import generate, parallel
 from blockvid_jax.config_lib import validate
+from blockvid_jax.data.chunk_timing import ChunkTiming
 from blockvid_jax.data.video_folder import frame_rate, load_captions, resize_frames, segment_at
 from blockvid_jax.models import ConfigError
 from blockvid_jax.video_io import VIDEO_SUFFIXES, VideoError, read_video
@@ -61,10 +62,10 @@ def save_atomic(path: Path, save: Callable[[object], None]) -> None:
 
 
 def chunk_frame_range(chunk: int, frames_per_chunk: int, temporal: int = 4) -> tuple[int, int]:
-  """First and last video frame that the latent frames of `chunk` cover."""
-  first_latent, last_latent = chunk * frames_per_chunk, (chunk + 1) * frames_per_chunk - 1
-  lo = 0 if first_latent == 0 else 1 + temporal * (first_latent - 1)
-  return lo, temporal * last_latent
+  """First and last video frame that the latent frames of `chunk` cover (causal VAE)."""
+  timing = ChunkTiming(frames=frames_per_chunk * temporal, first_short=temporal - 1, fps=1.0)
+  lo, hi = timing.frame_range(chunk)
+  return lo, hi - 1
 
 
 def host_share(names: Sequence[str], process_index: int, process_count: int) -> list[str]:

@@ -24,6 +24,8 @@ import os
 import re
 from typing import Optional, Sequence
 
+from blockvid_jax.data.chunk_timing import ChunkTiming
+
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # per autoencoder kind (config_lib.AUTOENCODERS; "wan_vae" is an alias of "wan"): pixel frames per
 # latent frame, and pixel frames the first chunk lacks (the causal VAE's lone first frame)
@@ -102,31 +104,6 @@ def select(ids: Sequence[str], start: int = 0, count: Optional[int] = None,
   if start < 0 or (count is not None and count < 1):
     raise MetaError(f"--start must be >= 0 and --count >= 1, got {start}, {count}")
   return ids[start:] if count is None else ids[start:start + count]
-
-
-@dataclasses.dataclass(frozen=True)
-class ChunkTiming:
-  """Pixel frames and seconds of each model chunk (see the module docstring)."""
-  frames: int          # pixel frames of every chunk but the first
-  first_short: int     # pixel frames the first chunk has fewer (Wan VAE: 3; toy: 0)
-  fps: float
-
-  def frame_range(self, c: int) -> tuple[int, int]:
-    """[lo, hi) pixel frames of chunk c."""
-    return max(0, c * self.frames - self.first_short), (c + 1) * self.frames - self.first_short
-
-  def span(self, c: int) -> tuple[float, float]:
-    """[lo, hi) seconds of chunk c."""
-    lo, hi = self.frame_range(c)
-    return lo / self.fps, hi / self.fps
-
-  def num_frames(self, num_chunks: int) -> int:
-    """Pixel frames of a video of `num_chunks` chunks."""
-    return self.frame_range(num_chunks - 1)[1]
-
-  def num_chunks(self, seconds: float) -> int:
-    """The fewest chunks (>= 1) whose frames last at least `seconds`."""
-    return max(1, math.ceil((seconds * self.fps + self.first_short) / self.frames - 1e-9))
 
 
 def chunk_timing(config) -> ChunkTiming:
