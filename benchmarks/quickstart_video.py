@@ -1,7 +1,10 @@
 """Scores the quickstart video: does every chunk show its prompt's sprite on its background?
 
   python benchmarks/quickstart_video.py --video outputs/toy.mp4 --prompts configs/toy_prompts.json \
-      [--frames_per_chunk 3] [--grid benchmarks/results/quickstart_grid.png]
+      [--config configs/toy_cpu.py] [--grid benchmarks/results/quickstart_grid.png]
+
+The config that trained the model gives the build's geometry: frames per chunk, sprite side and
+objects (`data.use_digits`), so the scorer's candidates are the objects that build can draw.
 
 Per chunk (`blockvid_jax.data.toy_fidelity`): background colour, sprite colour and sprite shape
 recognised against the toy renderer's palette and objects (best placement of every candidate
@@ -21,11 +24,12 @@ import sys
 
 import numpy as np
 
-from blockvid_jax import generate
-from blockvid_jax.data import toy_fidelity
+from blockvid_jax import config_overrides, generate
+from blockvid_jax.data import toy_fidelity, toy_grammar
 from blockvid_jax.video_io import read_video
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 
 def frame_grid(frames: np.ndarray, frames_per_chunk: int, chunks: int, scale: int = 4) -> np.ndarray:
@@ -40,18 +44,19 @@ def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--video", required=True)
   ap.add_argument("--prompts", required=True)
-  ap.add_argument("--frames_per_chunk", type=int, default=3)
-  ap.add_argument("--sprite_size", type=int, default=16,
-                  help="sprite side of the training build (configs/toy_cpu.py: data.sprite_size)")
+  ap.add_argument("--config", default=os.path.join(ROOT, "configs", "toy_cpu.py"),
+                  help="the training config (its data section: geometry, sprite size, objects)")
   ap.add_argument("--grid", default=os.path.join(RESULTS, "quickstart_grid.png"))
   ap.add_argument("--grid_chunks", type=int, default=20)
   ap.add_argument("--out", default=os.path.join(RESULTS, "quickstart_video.json"))
   args = ap.parse_args(argv)
+  d = config_overrides.load_config_file(args.config).data
   frames = read_video(args.video)                                          # [T, H, W, 3]
-  fpc = args.frames_per_chunk
+  fpc = d.frames_per_chunk
   num = frames.shape[0] // fpc
   captions = generate.chunk_prompts(generate.read_prompts(args.prompts), num)
-  scores = toy_fidelity.video_scores(frames[:num * fpc], captions, fpc, args.sprite_size)
+  scores = toy_fidelity.video_scores(frames[:num * fpc], captions, fpc, d.sprite_size,
+                                     toy_grammar.objects(d.use_digits))
   print(f"{'chunk':>5} {'ok':>3} {'bg':>3} {'col':>3} {'shape':>5} {'render_err':>10} "
         f"{'sprite_gain':>11}  caption")
   for i, (ch, cap) in enumerate(zip(scores["chunks"], captions)):
@@ -65,7 +70,8 @@ def main(argv=None) -> int:
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   tmp = args.out + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
-    json.dump({"video": os.path.abspath(args.video), "captions": captions, **scores}, f, indent=1)
+    json.dump({"video": os.path.abspath(args.video), "config": os.path.relpath(args.config, ROOT),
+               "objects": list(toy_grammar.objects(d.use_digits)), "captions": captions, **scores}, f, indent=1)
   os.replace(tmp, args.out)
   from PIL import Image  # pylint: disable=import-outside-toplevel
   grid = frame_grid(frames, fpc, min(args.grid_chunks, num))

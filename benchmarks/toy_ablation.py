@@ -118,12 +118,9 @@ def train_stages(stages: dict) -> dict:
 def reference_videos(config, num_chunks: int, seeds) -> list[dict]:
   """Held-out procedural toy videos of `num_chunks` chunks (same geometry and scene grammar)."""
   # pylint: disable-next=import-outside-toplevel
-  from blockvid_jax.data.toy_long_video import generate_video, toy_config
-  d = config.data
-  toy = toy_config(resolution=config.video.latent_height * config.autoencoder.factor,
-                   frames_per_chunk=d.frames_per_chunk, chunks_per_video=num_chunks,
-                   num_videos=1, num_test_videos=max(seeds) + 1, use_digits=d.use_digits,
-                   seed=d.toy_seed)
+  from blockvid_jax.data.toy_long_video import generate_video
+  from blockvid_jax.training.inputs import toy_data_config  # pylint: disable=import-outside-toplevel
+  toy = toy_data_config(config, num_chunks)
   return [generate_video(toy, "test", s) for s in seeds]
 
 

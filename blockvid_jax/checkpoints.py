@@ -23,18 +23,12 @@ from flax import traverse_util
 
 from blockvid_jax.models.params import abstract_params
 from blockvid_jax.models.spec import DiTSpec
+from blockvid_jax.errors import CheckpointError, ConfigError
 
 SPEC_FILE = "spec.json"
 PARAMS_DIR = "params"
 # Spec fields that choose how the model runs, not what it is: they may differ from the stored spec.
 RUNTIME_FIELDS = ("dtype", "param_dtype", "remat_policy", "attention_impl", "frames_per_chunk")
-
-
-class CheckpointError(ValueError):
-  """A params checkpoint problem, as a one-line message naming the directory."""
-
-  def __init__(self, message: str):
-    super().__init__(" ".join(str(message).split()))
 
 
 def _first_line(e: BaseException) -> str:

@@ -12,8 +12,9 @@ import os
 
 import ml_collections
 
-from blockvid_jax.models.spec import ConfigError, DiTSpec
+from blockvid_jax.models.spec import DiTSpec
 from blockvid_jax.parallel.axes import MESH_AXES
+from blockvid_jax.errors import ConfigError
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -21,6 +21,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from blockvid_jax.config_overrides import parse_flags
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with the pretrained paths.",
                                           lock_config=True)
 _VIDEOS = flags.DEFINE_string("videos", None, "Folder of videos.")
@@ -34,7 +36,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   from blockvid_jax.encode_videos import REPORT, encode_folder  # pylint: disable=import-outside-toplevel
-  from blockvid_jax.models import ConfigError  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   from blockvid_jax.parallel.distributed import maybe_initialize  # pylint: disable=import-outside-toplevel
   try:
     if _CONFIG.value is None or not _VIDEOS.value or not _OUT.value:
@@ -49,4 +51,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

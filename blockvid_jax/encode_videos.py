@@ -43,8 +43,8 @@ from blockvid_jax import generate, parallel
 from blockvid_jax.config_lib import validate
 from blockvid_jax.data.chunk_timing import ChunkTiming
 from blockvid_jax.data.video_folder import frame_rate, load_captions, resize_frames, segment_at
-from blockvid_jax.models import ConfigError
-from blockvid_jax.video_io import VIDEO_SUFFIXES, VideoError, read_video
+from blockvid_jax.video_io import VIDEO_SUFFIXES, read_video
+from blockvid_jax.errors import ConfigError, VideoError
 
 REPORT = "encode_report.json"
 

@@ -19,12 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from blockvid_jax import cache as kvc
 from blockvid_jax import parallel
-from blockvid_jax.config_lib import validate
-from blockvid_jax.diffusion.sampler import BlockSampler, SamplerSpec, state_logical_axes
-from blockvid_jax.models import ConfigError, DiTSpec, init_params
-from blockvid_jax.models.params import _init_boxed
+from blockvid_jax.diffusion.sampler import BlockSampler, build_sampler, state_logical_axes
+from blockvid_jax.models import DiTSpec, init_params
+from blockvid_jax.models.params import init_boxed
+from blockvid_jax.errors import CheckpointError, ConfigError
 
 OUTPUT_SUFFIXES = (".mp4", ".gif", ".npy")
 
@@ -82,7 +81,9 @@ def make_text_encoder(config, spec: DiTSpec, mesh=None):
   if config.text.encoder != "toy":
     raise ConfigError(f"text.encoder={config.text.encoder!r} is not one of 'toy', 'umt5'")
   from blockvid_jax.models.text import ToyTextEncoder  # pylint: disable=import-outside-toplevel
-  return ToyTextEncoder(text_dim=spec.text_dim, max_len=config.text.max_len, seed=config.seed)
+  from blockvid_jax.data import toy_grammar  # pylint: disable=import-outside-toplevel
+  return ToyTextEncoder(text_dim=spec.text_dim, max_len=config.text.max_len,
+                        words=toy_grammar.vocabulary(), seed=config.seed)
 
 
 def _need_path(group, dotted: str, why: str) -> str:
@@ -97,7 +98,8 @@ def _need_path(group, dotted: str, why: str) -> str:
 
 def _umt5_encoder(text, spec: DiTSpec, mesh=None):
   """umT5 weights (text.checkpoint) + tokenizer (text.tokenizer), checked against the DiT width."""
-  from blockvid_jax.convert import ConvertError, load_umt5  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.convert import load_umt5  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.errors import ConvertError  # pylint: disable=import-outside-toplevel
   from blockvid_jax.models.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
   from blockvid_jax.models.umt5 import UMT5TextEncoder, logical_partition_specs  # pylint: disable=import-outside-toplevel
   checkpoint = _need_path(text, "text.checkpoint", "text.encoder='umt5'")
@@ -124,7 +126,8 @@ def make_autoencoder(config, spec: DiTSpec):
   ae = config.autoencoder
   if ae.kind not in ("wan", "wan_vae") or not ae.get("checkpoint", ""):
     return None
-  from blockvid_jax.convert import ConvertError, load_wan_vae  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.convert import load_wan_vae  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.errors import ConvertError  # pylint: disable=import-outside-toplevel
   from blockvid_jax.models.vae import WanVAE  # pylint: disable=import-outside-toplevel
   path = _need_path(ae, "autoencoder.checkpoint", "autoencoder.kind='wan'")
   try:
@@ -172,26 +175,13 @@ def encode_chunks(encoder, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array
   return emb[idx][:, None], pooled[idx][:, None]
 
 
-def build_sampler(config) -> tuple[DiTSpec, BlockSampler]:
-  spec = validate(config)
-  hw = (config.video.latent_height, config.video.latent_width)
-  tokens = (spec.frames_per_chunk // spec.patch_size[0]) * (hw[0] // spec.patch_size[1]) * (
-      hw[1] // spec.patch_size[2])
-  cspec = kvc.CacheSpec.from_config(
-      config.cache, num_layers=spec.num_layers, num_heads=spec.num_heads, head_dim=spec.head_dim,
-      tokens_per_chunk=tokens, frames_per_chunk=spec.frames_per_chunk // spec.patch_size[0],
-      embed_dim=spec.text_dim)
-  sspec = SamplerSpec.from_config(config.sample, context_t=config.cache.context_t)
-  return spec, BlockSampler(spec, cspec, sspec, hw)
-
-
 def load_or_init(config, spec: DiTSpec, checkpoint: Optional[str], warn: Callable[[str], None]):
   """Params from a params checkpoint directory, or a random init (with a warning)."""
   if checkpoint:
     from blockvid_jax import checkpoints  # pylint: disable=import-outside-toplevel
     try:
       _, params = checkpoints.load_params(checkpoint, spec)
-    except checkpoints.CheckpointError as e:
+    except CheckpointError as e:
       raise ConfigError(str(e)) from None
     return params
   warn("no --checkpoint given: sampling from a RANDOMLY INITIALISED model (expect noise-like video)")
@@ -204,7 +194,7 @@ def sharded_segment_fn(sampler: BlockSampler, spec: DiTSpec, mesh, batch: int):
   dp = mesh.shape["data"] * mesh.shape["fsdp"]
   if batch % dp:  # a batch that does not split over the data axes is replicated
     rules = parallel.rules_from_config({"cache_batch": None, "activation_batch": None})
-  abstract = jax.eval_shape(functools.partial(_init_boxed, spec), jax.random.key(0))
+  abstract = jax.eval_shape(functools.partial(init_boxed, spec), jax.random.key(0))
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   p_sh = parallel.logical_to_sharding(nn.get_partition_spec(abstract), mesh, rules)
   state = jax.eval_shape(functools.partial(sampler.init_state, batch), jax.random.key(0))

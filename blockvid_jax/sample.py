@@ -15,6 +15,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from blockvid_jax.config_overrides import parse_flags
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Params checkpoint directory (train/convert).")
@@ -39,7 +41,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   from blockvid_jax import generate  # pylint: disable=import-outside-toplevel
   from blockvid_jax.parallel.distributed import maybe_initialize  # pylint: disable=import-outside-toplevel
-  from blockvid_jax.models import ConfigError  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   maybe_initialize()
   config = _CONFIG.value
   try:
@@ -69,4 +71,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -1,7 +1,7 @@
 """CLI: train a model in a work directory, resuming automatically.
 
 Stages (`train.stage`): `causal` and `teacher` (`training.loop`), `block_forcing`
-(`training.block_forcing_loop`).
+(`training.block_forcing_loop`); all run in the one host loop of `training.trainer`.
 
   python -m blockvid_jax.train --config configs/toy_cpu.py --workdir runs/toy \
       [--config.train.total_steps=500 --config.seed=1 ...]
@@ -15,30 +15,15 @@ Multi-host: launch/tpu_vm.sh and launch/gpu_multinode.sh (BLOCKVID_DISTRIBUTED=1
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from blockvid_jax.config_overrides import fail as _fail, parse_flags
+from blockvid_jax.errors import ConfigError, NonFiniteLossError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory (checkpoints, logs, samples).")
-
-
-def _fail(message: str, code: int = 2):
-  lines = [ln.strip() for ln in str(message).splitlines() if ln.strip()]
-  print(f"error: {lines[0] if lines else message}", file=sys.stderr)
-  sys.exit(code)
-
-
-def _parse_flags(argv):
-  """absl flag parsing whose errors (unknown config key, bad value) are one line + exit 2."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    _fail(str(e))
-  except Exception as e:  # noqa: BLE001  config_flags raises plain errors for a broken config file
-    _fail(f"{type(e).__name__}: {e}")
 
 
 class _QuietLibraries:
@@ -57,23 +42,21 @@ def main(argv):
   import jax  # pylint: disable=import-outside-toplevel
   from blockvid_jax.parallel.distributed import maybe_initialize  # pylint: disable=import-outside-toplevel
   maybe_initialize()   # BLOCKVID_DISTRIBUTED=1 (launch/*.sh): jax.distributed.initialize()
-  from blockvid_jax.models.spec import ConfigError  # pylint: disable=import-outside-toplevel
-  from blockvid_jax.training import loop  # pylint: disable=import-outside-toplevel
-  from blockvid_jax.training.config import validate_train  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.training import loop, trainer  # pylint: disable=import-outside-toplevel
   config = _CONFIG.value
   if config is None:
     _fail("--config is required (e.g. configs/toy_cpu.py)")
   if not _WORKDIR.value:
     _fail("--workdir is required")
-  stage_loop, validate = loop, validate_train
+  stage = loop.STAGE
   try:
     if "train" not in config or "data" not in config:
       raise ConfigError("the config has no train/data sections: pass a training config "
                         "(configs/toy_cpu.py, configs/toy_teacher.py, configs/wan_1_3b_causal.py)")
     if config.train.get("stage") == "block_forcing":
-      from blockvid_jax.training import block_forcing_config, block_forcing_loop  # pylint: disable=import-outside-toplevel
-      stage_loop, validate = block_forcing_loop, block_forcing_config.validate_block_forcing
-    validate(config)
+      from blockvid_jax.training import block_forcing_loop  # pylint: disable=import-outside-toplevel
+      stage = block_forcing_loop.STAGE
+    stage.validate(config)
   except OSError as e:  # config_flags reports a missing / broken config file lazily, here
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     _fail(f"cannot load --config: {lines[-1] if lines else e}")
@@ -81,12 +64,12 @@ def main(argv):
     _fail(str(e))
   jax.config.update("jax_threefry_partitionable", True)
   try:
-    stage_loop.train_and_evaluate(config, _WORKDIR.value)
+    trainer.run(config, _WORKDIR.value, stage)
   except ConfigError as e:
     _fail(str(e))
-  except loop.NonFiniteLossError as e:
+  except NonFiniteLossError as e:
     _fail(str(e), code=1)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=parse_flags)

@@ -24,6 +24,8 @@ from typing import Union
 
 import numpy as np
 
+from blockvid_jax.errors import VideoError
+
 PathLike = Union[str, os.PathLike]
 
 # imageio-ffmpeg starts ffmpeg with preexec_fn=os.setpgrp (to shield it from Ctrl-C), which forces a
@@ -33,10 +35,6 @@ PathLike = Union[str, os.PathLike]
 os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
-
-
-class VideoError(Exception):
-  """A video could not be read or written (the message is one line)."""
 
 
 def _one_line(err: BaseException) -> str:

@@ -15,6 +15,8 @@ from blockvid_jax.evaluate import amt, convert_amt, convert_vit, scorers
 
 import torch_reference
 
+from blockvid_jax.errors import ConvertError
+
 ARCH = torch_reference.amt_s_arch()
 needs_ref = pytest.mark.skipif(ARCH is None, reason="needs torch + vbench (test extra)")
 
@@ -66,9 +68,9 @@ def test_input_padder_rule():
 
 
 def test_converter_errors_are_one_line():
-  with pytest.raises(convert_vit.ConversionError, match="feat_encoder.conv1.weight"):
+  with pytest.raises(ConvertError, match="feat_encoder.conv1.weight"):
     convert_amt.convert_amt({"state_dict.x.weight": np.zeros((2, 2, 1, 1), np.float32)})
-  with pytest.raises(convert_vit.ConversionError, match="unexpected parameter"):
+  with pytest.raises(ConvertError, match="unexpected parameter"):
     convert_amt.convert_amt({"a.weight": np.zeros((2, 2), np.float32),
                              "a.bias": np.zeros((2,), np.float32)})
 

@@ -78,7 +78,8 @@ def test_velocity_forcing_retrieves_the_most_similar_earlier_chunk():
 
 def test_pooled_from_context_matches_the_text_encoder():
   from blockvid_jax.models.text import ToyTextEncoder  # pylint: disable=import-outside-toplevel
-  enc = ToyTextEncoder(text_dim=16, max_len=12)
+  from blockvid_jax.data.toy_grammar import vocabulary  # pylint: disable=import-outside-toplevel
+  enc = ToyTextEncoder(text_dim=16, max_len=12, words=vocabulary())
   emb, _, pooled = enc.encode(["a red circle moves left on a navy background", ""])
   np.testing.assert_allclose(np.asarray(bf.pooled_from_context(emb)), np.asarray(pooled),
                              rtol=1e-5, atol=1e-6)
@@ -265,7 +266,7 @@ def _load_config(name, arg=""):
 
 
 def test_block_forcing_configs_validate_and_bad_values_fail_in_one_line():
-  from blockvid_jax.models.spec import ConfigError  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   toy = _load_config("toy_block_forcing")
   assert bfc.validate_block_forcing(toy).dim == 128
   wan = _load_config("wan_1_3b_block_forcing")
@@ -285,7 +286,7 @@ def test_block_forcing_configs_validate_and_bad_values_fail_in_one_line():
 
 def test_init_from_resolves_work_dirs_and_prefers_ema(tmp_path, params):
   from blockvid_jax import checkpoints  # pylint: disable=import-outside-toplevel
-  from blockvid_jax.models.spec import ConfigError  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   from blockvid_jax.training import init_from  # pylint: disable=import-outside-toplevel
   with pytest.raises(ConfigError, match="train the previous stage"):
     init_from.resolve(str(tmp_path))

@@ -10,7 +10,8 @@ import pytest
 
 from blockvid_jax import cache as kvc
 from blockvid_jax.diffusion.sampler import BlockSampler, SamplerSpec
-from blockvid_jax.models import CausalDiT, ChunkKV, ConfigError, DiTSpec, init_params
+from blockvid_jax.models import CausalDiT, ChunkKV, DiTSpec, init_params
+from blockvid_jax.errors import ConfigError
 
 SPEC = DiTSpec.preset("tiny")
 HW = (4, 4)                        # latent rows/cols -> 2x2 = 4 tokens per frame

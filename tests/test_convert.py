@@ -21,11 +21,13 @@ from flax import traverse_util
 from safetensors.numpy import save_file
 
 from blockvid_jax import checkpoints
-from blockvid_jax.convert import ConvertError, convert_pytorch_dit, load_pytorch_dit
+from blockvid_jax.convert import convert_pytorch_dit, load_pytorch_dit
 from blockvid_jax.convert import keymaps, loader, readers, spec_infer
 from blockvid_jax.models import CausalDiT, DiTSpec, abstract_params, count_params
 from blockvid_jax.parallel import logical_to_sharding, make_mesh
 from wan_reference import random_wan_weights, wan_forward, wan_shapes  # tests/ is on sys.path
+
+from blockvid_jax.errors import CheckpointError, ConvertError
 
 
 TINY = dict(dim=48, ffn_dim=96, num_layers=2, text_dim=32, freq_dim=32)
@@ -403,9 +405,9 @@ def test_save_load_round_trip(tmp_path, tiny_params):
   assert got_spec == run_spec
   assert got["blocks"]["ffn_fc1"]["kernel"].dtype == jax.numpy.bfloat16
 
-  with pytest.raises(checkpoints.CheckpointError, match="num_heads=4"):
+  with pytest.raises(CheckpointError, match="num_heads=4"):
     checkpoints.load_params(directory, spec=DiTSpec.preset("tiny", num_heads=6))
-  with pytest.raises(checkpoints.CheckpointError, match="not empty"):
+  with pytest.raises(CheckpointError, match="not empty"):
     checkpoints.save_params(directory, spec, params)
 
 
@@ -422,13 +424,13 @@ def test_load_onto_named_shardings(tmp_path, tiny_params):
 
 
 def test_not_a_params_checkpoint(tmp_path, tiny_params):
-  with pytest.raises(checkpoints.CheckpointError, match="not a params checkpoint"):
+  with pytest.raises(CheckpointError, match="not a params checkpoint"):
     checkpoints.load_params(str(tmp_path))
   spec, params = tiny_params
   directory = checkpoints.save_params(str(tmp_path / "ck"), spec, params)
   with open(os.path.join(directory, "spec.json"), "w", encoding="utf-8") as f:
     json.dump(DiTSpec.preset("tiny", ffn_dim=64).to_dict(), f)  # spec.json no longer fits params/
-  with pytest.raises(checkpoints.CheckpointError, match="cannot restore") as info:
+  with pytest.raises(CheckpointError, match="cannot restore") as info:
     checkpoints.load_params(directory)
   assert "\n" not in str(info.value)
 
@@ -437,7 +439,7 @@ def test_save_is_atomic(tmp_path, tiny_params, monkeypatch):
   spec, params = tiny_params
   target = tmp_path / "ck"
   bad = traverse_util.unflatten_dict({**_flat(params), ("head", "bias"): np.zeros(3, np.float32)})
-  with pytest.raises(checkpoints.CheckpointError, match="head/bias"):
+  with pytest.raises(CheckpointError, match="head/bias"):
     checkpoints.save_params(str(target), spec, bad)
 
   def fail(*args, **kwargs):

@@ -19,10 +19,10 @@ from blockvid_jax.convert.umt5 import expected_shapes
 from blockvid_jax.convert.wan_vae import random_state_dict
 from blockvid_jax.encode_videos import (REPORT, encode_folder, encode_mesh,
                                              encode_video_batch, host_share)
-from blockvid_jax.models import ConfigError
 from blockvid_jax.models.umt5 import UMT5Spec
 from blockvid_jax.models.vae import VAESpec
 from blockvid_jax.video_io import write_video
+from blockvid_jax.errors import ConfigError
 
 T5 = UMT5Spec(vocab_size=300, dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=2)
 VAE = VAESpec(dim=8, dim_mult=(1, 2, 2, 2), num_res_blocks=1)

@@ -118,7 +118,7 @@ def test_unknown_ids_and_bad_override(tmp_path, capsys):
   one_line_error(capsys, "unknown video id(s) nope")
   assert cli.main(["generate", "--meta", m, "--config", CONFIG, "--out", str(out),
                    "--config.model.no_such_field=3"]) == 2
-  one_line_error(capsys, "bad override")
+  one_line_error(capsys, "unknown config key 'model.no_such_field'")
   assert cli.main(["generate", "--meta", m, "--config", CONFIG, "--out", str(out),
                    "--config.autoencoder.kind=wan"] + SMALL) == 2       # latents only: no .mp4
   one_line_error(capsys, "needs autoencoder.checkpoint")

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from blockvid_jax.models import CausalDiT, ConfigError, DiTSpec, KVContext, abstract_params
+from blockvid_jax.models import CausalDiT, DiTSpec, KVContext, abstract_params
 from blockvid_jax.models import count_params, init_params
 from blockvid_jax.models import rope
+from blockvid_jax.errors import ConfigError
 
 SPEC = DiTSpec.preset("tiny")
 

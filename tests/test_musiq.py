@@ -15,6 +15,8 @@ from blockvid_jax.evaluate.musiq import (MusiqSpec, hashed_positions, multiscale
 
 import torch_reference
 
+from blockvid_jax.errors import ConvertError
+
 ARCH = torch_reference.musiq_arch()
 needs_ref = pytest.mark.skipif(ARCH is None, reason="needs torch + pyiqa (test extra)")
 TINY = dict(hidden_size=32, mlp_dim=48, num_heads=2, num_layers=2, num_scales=3,
@@ -78,7 +80,7 @@ def test_vbench_frames_resizes_longer_side_only_when_larger():
 
 
 def test_converter_names_missing_key():
-  with pytest.raises(convert_vit.ConversionError, match="embedding.weight"):
+  with pytest.raises(ConvertError, match="embedding.weight"):
     convert_musiq.convert_musiq({"conv_root.weight": np.zeros((64, 3, 7, 7), np.float32)})
 
 

@@ -7,8 +7,9 @@ import pytest
 
 from blockvid_jax.diffusion import flow
 from blockvid_jax.models import CausalDiT, DiTSpec, KVContext, init_params
-from blockvid_jax.models.spec import X0_T_FLOOR, ConfigError
+from blockvid_jax.models.spec import X0_T_FLOOR
 from blockvid_jax.training import losses
+from blockvid_jax.errors import ConfigError
 
 
 def _inputs(spec, frames=6):

@@ -7,7 +7,7 @@ import pytest
 
 from blockvid_jax import generate
 from blockvid_jax.config_lib import sibling_config, validate
-from blockvid_jax.models import ConfigError
+from blockvid_jax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.join(ROOT, "configs", "x.py")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from blockvid_jax import generate
-from blockvid_jax.models import ConfigError
+from blockvid_jax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "toy_cpu.py")

@@ -80,7 +80,8 @@ def test_config_errors_in_process(weights, tmp_path):
   sys.path.insert(0, os.path.dirname(CONFIG))
   import tiny_pretrained_config  # pylint: disable=import-outside-toplevel
   from blockvid_jax import generate  # pylint: disable=import-outside-toplevel
-  from blockvid_jax.models import ConfigError, DiTSpec  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.models import DiTSpec  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   config = tiny_pretrained_config.get_config(str(weights))
   spec = DiTSpec.from_config(config.model)
   with pytest.raises(ConfigError, match="text_dim 64"):

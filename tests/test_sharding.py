@@ -9,7 +9,8 @@ from jax.sharding import PartitionSpec as P
 
 from blockvid_jax import parallel
 from blockvid_jax.models import CausalDiT, DiTSpec, init_params
-from blockvid_jax.models.params import _init_boxed
+from blockvid_jax.models.params import init_boxed
+from blockvid_jax.errors import MeshError
 
 SPEC = DiTSpec.preset("tiny")
 
@@ -22,16 +23,16 @@ def mesh():
 
 def test_mesh_shape_resolution_and_errors():
   assert parallel.mesh_shape({"data": -1, "tensor": 2}, 8) == (4, 1, 1, 2)
-  with pytest.raises(parallel.MeshError, match="needs 16 devices"):
+  with pytest.raises(MeshError, match="needs 16 devices"):
     parallel.mesh_shape({"data": 4, "tensor": 4}, 8)
-  with pytest.raises(parallel.MeshError, match="unknown mesh axis"):
+  with pytest.raises(MeshError, match="unknown mesh axis"):
     parallel.mesh_shape({"model": 2}, 8)
-  with pytest.raises(parallel.MeshError, match="at most one"):
+  with pytest.raises(MeshError, match="at most one"):
     parallel.mesh_shape({"data": -1, "fsdp": -1}, 8)
 
 
 def test_params_have_declared_shardings(mesh):
-  params, _ = parallel.sharded_init(functools.partial(_init_boxed, SPEC), mesh, jax.random.key(0))
+  params, _ = parallel.sharded_init(functools.partial(init_boxed, SPEC), mesh, jax.random.key(0))
   specs = jax.tree_util.tree_map(lambda x: x.sharding.spec, params)
   b = specs["blocks"]
   assert b["self_attn"]["q"]["kernel"] == P(None, "fsdp", "tensor")   # [K, embed, heads]
@@ -48,7 +49,7 @@ def test_params_have_declared_shardings(mesh):
 
 def test_sharded_forward_equals_single_device(mesh):
   params1 = init_params(SPEC, jax.random.key(0))
-  params8, shardings = parallel.sharded_init(functools.partial(_init_boxed, SPEC), mesh,
+  params8, shardings = parallel.sharded_init(functools.partial(init_boxed, SPEC), mesh,
                                              jax.random.key(0))
   k1, k2, k3 = jax.random.split(jax.random.key(1), 3)
   lat = jax.random.normal(k1, (4, 6, 4, 4, 16))

@@ -65,7 +65,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def encoder():
-  return ToyTextEncoder(text_dim=32, max_len=16)
+  return ToyTextEncoder(text_dim=32, max_len=16, words=toy_grammar.vocabulary())
 
 
 def test_tokenizer():
@@ -109,13 +109,13 @@ def test_encoder_interface_and_masking(encoder):
 
 def test_encoder_is_deterministic(encoder):
   emb, _, pooled = encoder.encode(PROMPTS)
-  emb2, _, pooled2 = ToyTextEncoder(text_dim=32, max_len=16).encode(PROMPTS)
+  emb2, _, pooled2 = ToyTextEncoder(text_dim=32, max_len=16, words=toy_grammar.vocabulary()).encode(PROMPTS)
   np.testing.assert_array_equal(emb, emb2)
   np.testing.assert_array_equal(pooled, pooled2)
   # The same prompt embeds the same whatever else is in the batch.
   _, _, alone = encoder.encode(PROMPTS[2:3])
   np.testing.assert_allclose(alone[0], pooled[2], rtol=1e-5, atol=1e-6)
-  _, _, other_seed = ToyTextEncoder(text_dim=32, max_len=16, seed=1).encode(PROMPTS)
+  _, _, other_seed = ToyTextEncoder(text_dim=32, max_len=16, words=toy_grammar.vocabulary(), seed=1).encode(PROMPTS)
   assert not np.allclose(other_seed, pooled)
 
 

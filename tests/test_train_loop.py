@@ -15,9 +15,9 @@ import jax
 import numpy as np
 import pytest
 
-from blockvid_jax.training import batches, loop
+from blockvid_jax.training import batches, inputs, loop
 from blockvid_jax.training.config import validate_train
-from blockvid_jax.models.spec import ConfigError
+from blockvid_jax.errors import ConfigError, NonFiniteLossError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -32,7 +32,7 @@ def shared(tmp_path_factory):
   base = tmp_path_factory.mktemp("train_shared")
   data_dir = str(base / "data")
   from blockvid_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-  pipeline.build_toy_dataset(data_dir, loop._toy_data(tiny_train_config.get_config(), data_dir))  # pylint: disable=protected-access
+  pipeline.build_toy_dataset(data_dir, inputs.toy_data_config(tiny_train_config.get_config()))
   return {"data_dir": data_dir, "cache": str(base / "jax_cache")}
 
 
@@ -186,7 +186,7 @@ def test_nan_stops_naming_the_step(shared, tmp_path, fast_compile, monkeypatch):
     return out
 
   monkeypatch.setattr(batches.ToyBatchPreparer, "__call__", poisoned)
-  with pytest.raises(loop.NonFiniteLossError, match=r"at step 7; .*last good checkpoint: step 5"):
+  with pytest.raises(NonFiniteLossError, match=r"at step 7; .*last good checkpoint: step 5"):
     loop.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["5"]
   assert [r["step"] for r in _rows(tmp_path)] == list(range(1, 7))
@@ -241,7 +241,7 @@ def test_teacher_preview_writes_video(shared, tmp_path, fast_compile):
   config.sample.num_steps = 2
   config.sample.guidance = 2.0
   spec = validate_train(config)
-  _, preparer, reference = loop.make_input(config, spec, str(tmp_path), 1)
+  _, preparer, reference = inputs.make_input(config, spec, str(tmp_path), 1)
   preview = SamplePreview(config, spec, preparer, reference, str(tmp_path / "samples"),
                           num_chunks=2, seed=0)
   path = preview(7, init_params(spec, jax.random.key(0)))

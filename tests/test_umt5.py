@@ -15,11 +15,10 @@ import pytest
 from flax import traverse_util
 from safetensors.numpy import save_file
 
-from blockvid_jax.convert import ConvertError
 from blockvid_jax.convert.umt5 import expected_shapes, load_umt5
-from blockvid_jax.models.spec import ConfigError
 from blockvid_jax.models.tokenizer import Tokenizer, clean
 from blockvid_jax.models.umt5 import UMT5Encoder, UMT5Spec, logical_partition_specs, relative_buckets
+from blockvid_jax.errors import ConfigError, ConvertError
 
 TINY = UMT5Spec(vocab_size=300, dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=2)
 TOL = 1e-4

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from blockvid_jax.convert import ConvertError
 from blockvid_jax.convert.wan_vae import expected_entries, load_wan_vae
 from blockvid_jax.models import vae as vae_module
-from blockvid_jax.models.spec import ConfigError
 from blockvid_jax.models.vae import LATENT_MEAN, LATENT_STD, VAESpec, WanVAE, output_frames
+from blockvid_jax.errors import ConfigError, ConvertError
 
 TINY = VAESpec(dim=8, z_dim=16, dim_mult=(1, 2, 2, 2), num_res_blocks=1,
                temporal_downsample=(False, True, True))

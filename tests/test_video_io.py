@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from blockvid_jax import video_io
+from blockvid_jax.errors import VideoError
 
 
 def smooth_frames(t=12, h=32, w=48, seed=0):
@@ -47,13 +48,13 @@ def test_gif_round_trip(tmp_path):
 def test_read_errors_are_one_line(tmp_path):
   bad = tmp_path / "bad.mp4"
   bad.write_bytes(b"this is not a video" * 50)
-  with pytest.raises(video_io.VideoError) as e:
+  with pytest.raises(VideoError) as e:
     video_io.read_video(bad)
   assert "\n" not in str(e.value) and "bad.mp4" in str(e.value)
-  with pytest.raises(video_io.VideoError, match="no such file"):
+  with pytest.raises(VideoError, match="no such file"):
     video_io.read_video(tmp_path / "missing.mp4")
   (tmp_path / "bad.gif").write_bytes(b"GIF89a broken")
-  with pytest.raises(video_io.VideoError) as e:
+  with pytest.raises(VideoError) as e:
     video_io.read_video(tmp_path / "bad.gif")
   assert "\n" not in str(e.value)
 
@@ -77,7 +78,7 @@ def test_failed_write_leaves_nothing_and_keeps_old_file(tmp_path, monkeypatch):
 
   import imageio_ffmpeg
   monkeypatch.setattr(imageio_ffmpeg, "write_frames", broken)
-  with pytest.raises(video_io.VideoError, match="encoder exploded") as e:
+  with pytest.raises(VideoError, match="encoder exploded") as e:
     video_io.write_video(dest, smooth_frames(t=2))
   assert "\n" not in str(e.value)
   assert dest.read_bytes() == b"old content"

@@ -17,6 +17,7 @@ import pytest
 from blockvid_jax.evaluate import convert_vit, features, preprocess, weights
 from blockvid_jax.evaluate.resize import resize_matrix
 from blockvid_jax.evaluate.vit import ViT
+from blockvid_jax.errors import ConvertError, WeightsError
 
 WIDTH, DEPTH, HEADS, PATCH, GRID = 32, 2, 2, 16, 2
 HEAD_DIM = WIDTH // HEADS
@@ -220,11 +221,11 @@ def test_files_round_trip_through_loader(tmp_path):
 def test_converter_errors():
   sd = dino_state()
   del sd["blocks.1.mlp.fc2.bias"]
-  with pytest.raises(convert_vit.ConversionError, match="blocks.1.mlp.fc2.bias"):
+  with pytest.raises(ConvertError, match="blocks.1.mlp.fc2.bias"):
     convert_vit.convert_dino(sd, head_dim=HEAD_DIM)
-  with pytest.raises(convert_vit.ConversionError, match="conv1.weight"):
+  with pytest.raises(ConvertError, match="conv1.weight"):
     convert_vit.convert_clip(dino_state(), head_dim=HEAD_DIM)
-  with pytest.raises(convert_vit.ConversionError, match="head_dim"):
+  with pytest.raises(ConvertError, match="head_dim"):
     convert_vit.convert_dino(dino_state(), head_dim=64)   # width 32 is not a multiple of 64
   k, b = convert_vit.convert_linear_head({"weight": np.ones((1, 24), np.float32),
                                           "bias": np.full((1,), 0.5, np.float32)})
@@ -316,14 +317,14 @@ def test_params_check_rejects_wrong_shapes():
   spec, params = convert_vit.convert_clip(clip_state(), head_dim=HEAD_DIM)
   params = jax.tree_util.tree_map(lambda a: a, params)
   params["proj"] = params["proj"][:, :10]
-  with pytest.raises(convert_vit.ConversionError, match="proj"):
+  with pytest.raises(ConvertError, match="proj"):
     features.check_params(spec, params)
 
 
 def test_pth_without_torch_is_one_line_error(tmp_path, monkeypatch):
   (tmp_path / "x.pth").write_bytes(b"whatever")
   monkeypatch.setitem(sys.modules, "torch", None)   # `import torch` now fails
-  with pytest.raises(weights.WeightsError, match="needs torch") as e:
+  with pytest.raises(WeightsError, match="needs torch") as e:
     weights.load_state_dict(tmp_path / "x.pth")
   assert "\n" not in str(e.value)
   assert weights.find(tmp_path, "x.safetensors") == tmp_path / "x.pth"   # same stem is accepted

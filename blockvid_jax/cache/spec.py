@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from blockvid_jax.models.spec import ConfigError
+from blockvid_jax.errors import ConfigError
+
 
 MODES = ("sparse", "window", "full")
 EVICTIONS = ("fifo", "least_retrieved", "redundant")

@@ -8,11 +8,10 @@ config.json) and `loader` (the strict conversion); `wan_vae` and `umt5` read the
 VAE (`load_wan_vae`) and the umT5 text encoder (`load_umt5`).
 """
 
-from blockvid_jax.convert.errors import ConvertError
 from blockvid_jax.convert.keymaps import FORMATS
 from blockvid_jax.convert.loader import Converted, convert_pytorch_dit, load_pytorch_dit
 from blockvid_jax.convert.umt5 import load_umt5
 from blockvid_jax.convert.wan_vae import load_wan_vae
 
-__all__ = ["ConvertError", "Converted", "FORMATS", "convert_pytorch_dit", "load_pytorch_dit",
+__all__ = ["Converted", "FORMATS", "convert_pytorch_dit", "load_pytorch_dit",
            "load_umt5", "load_wan_vae"]

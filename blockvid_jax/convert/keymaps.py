@@ -21,8 +21,8 @@ import enum
 import re
 from typing import Optional
 
-from blockvid_jax.convert.errors import ConvertError
 from blockvid_jax.convert.readers import TensorRef
+from blockvid_jax.errors import ConvertError
 
 FORMATS = ("wan", "diffusers", "self_forcing")
 WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_orig_mod.", "_checkpoint_wrapped_module.")

@@ -15,10 +15,10 @@ import numpy as np
 from flax import traverse_util
 
 from blockvid_jax.convert import keymaps, readers, spec_infer
-from blockvid_jax.convert.errors import ConvertError
 from blockvid_jax.convert.keymaps import Canonical, Kind
 from blockvid_jax.models.params import abstract_params
 from blockvid_jax.models.spec import DiTSpec
+from blockvid_jax.errors import ConvertError
 
 _MAX_LISTED = 5
 

@@ -24,7 +24,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from blockvid_jax.convert.errors import ConvertError
+from blockvid_jax.errors import ConvertError
+
 
 SAFETENSORS_SUFFIX = ".safetensors"
 INDEX_SUFFIX = ".safetensors.index.json"

@@ -13,9 +13,9 @@ import math
 import re
 from typing import Any, Optional
 
-from blockvid_jax.convert.errors import ConvertError
 from blockvid_jax.convert.keymaps import Canonical
-from blockvid_jax.models.spec import ConfigError, DiTSpec
+from blockvid_jax.errors import ConfigError, ConvertError
+from blockvid_jax.models.spec import DiTSpec
 
 # Wan2.1 widths whose head count is known (head dim 128): T2V-1.3B and T2V-14B.
 KNOWN_NUM_HEADS = {1536: 12, 5120: 40}

@@ -20,10 +20,10 @@ import re
 import numpy as np
 from flax import traverse_util
 
-from blockvid_jax.convert.errors import ConvertError
 from blockvid_jax.convert.readers import Checkpoint, open_checkpoint
-from blockvid_jax.models.spec import DTYPES, ConfigError
+from blockvid_jax.models.spec import DTYPES
 from blockvid_jax.models.umt5 import UMT5Spec
+from blockvid_jax.errors import ConfigError, ConvertError
 
 # our path inside a block -> (wan key, hf key) after the block prefix; "linear" entries are [out, in]
 _BLOCK = {

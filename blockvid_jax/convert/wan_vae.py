@@ -21,10 +21,9 @@ import re
 import numpy as np
 from flax import traverse_util
 
-from blockvid_jax.convert.errors import ConvertError
 from blockvid_jax.convert.readers import Checkpoint, TensorRef, open_checkpoint
-from blockvid_jax.models.spec import ConfigError
 from blockvid_jax.models.vae import VAESpec
+from blockvid_jax.errors import ConfigError, ConvertError
 
 LAYOUTS = ("wan", "diffusers")
 PIXELS = 3  # RGB
@@ -130,7 +129,6 @@ def expected_entries(spec: VAESpec, layout: str) -> list[Entry]:
   _layer(e, ("decoder", "head_conv"), "decoder.head.2" if wan else "decoder.conv_out", "conv3d",
          PIXELS, dims[-1])
   return e
-
 
 
 # ------------------------------------------------------------------ spec from shapes

@@ -13,8 +13,8 @@ one FFT per frame and candidate gives the best placement of every object. From i
     frame's per-channel median;
   * `colour`      - among the sprite palette, the caption's colour explains the frame best (lowest
     best-placement error with the caption's object and background);
-  * `shape`       - among all objects (shapes and digits), the caption's object explains the frame
-    best (with the caption's colours);
+  * `shape`       - among the build's objects (`objects`: the shapes, and the digits when the build
+    has them), the caption's object explains the frame best (with the caption's colours);
   * `render_error` - RMS pixel error / 255 of the caption's rendering at its best placement (the toy
     renderer's own frames score 0);
   * `sprite_gain`  - 1 - E(best) / E(no sprite): the share of the error of a flat background that the
@@ -57,10 +57,12 @@ def _placement_errors(frame: np.ndarray, obj: str, fg, bg, size: int) -> np.ndar
   return d_bg.sum() + corr                                                    # [H, W]
 
 
-def frame_scores(frame: np.ndarray, caption: str, size: int = 0) -> dict:
+def frame_scores(frame: np.ndarray, caption: str, size: int = 0,
+                 objects: Sequence[str] = grammar.objects()) -> dict:
   """Recognition results of one frame uint8 [H, W, 3] against a toy caption (module docstring).
 
-  size: the sprite side of the build that rendered the caption (0: the default for the resolution).
+  size: the sprite side of the build that rendered the caption (0: the default for the resolution);
+  objects: the sprite objects of that build (`toy_grammar.objects(use_digits)`), the shape candidates.
   """
   scene = grammar.parse_caption(caption)
   f = np.asarray(frame, np.float64)
@@ -80,7 +82,8 @@ def frame_scores(frame: np.ndarray, caption: str, size: int = 0) -> dict:
   own = best(scene.obj, fg)
   colour_ok = all(own < best(scene.obj, c) for n, c in grammar.SPRITE_COLOURS.items()
                   if n != scene.colour)
-  objects = grammar.SHAPES + grammar.DIGIT_WORDS
+  if scene.obj not in objects:
+    raise ValueError(f"caption object {scene.obj!r} is not one of the build's objects {objects}")
   shape_ok = all(own < best(o, fg) for o in objects if o != scene.obj)
   flat_error = float(np.sum((f - np.asarray(bg, np.float64)) ** 2))
   return {"background": background_ok, "colour": colour_ok, "shape": shape_ok,
@@ -89,8 +92,9 @@ def frame_scores(frame: np.ndarray, caption: str, size: int = 0) -> dict:
 
 
 def video_scores(frames: np.ndarray, captions: Sequence[str], frames_per_chunk: int,
-                 size: int = 0) -> dict:
-  """Per-chunk and overall recognition of a toy video uint8 [C * Fc, H, W, 3] with C captions."""
+                 size: int = 0, objects: Sequence[str] = grammar.objects()) -> dict:
+  """Per-chunk and overall recognition of a toy video uint8 [C * Fc, H, W, 3] with C captions
+  (`size`, `objects`: the sprite side and objects of the build, as in `frame_scores`)."""
   frames = np.asarray(frames)
   c = len(captions)
   if frames.shape[0] != c * frames_per_chunk:
@@ -98,7 +102,7 @@ def video_scores(frames: np.ndarray, captions: Sequence[str], frames_per_chunk: 
                      "frames per chunk")
   chunks = []
   for i, cap in enumerate(captions):
-    per = [frame_scores(fr, cap, size) for fr in frames[i * frames_per_chunk:(i + 1) * frames_per_chunk]]
+    per = [frame_scores(fr, cap, size, objects) for fr in frames[i * frames_per_chunk:(i + 1) * frames_per_chunk]]
     maj = lambda k: sum(p[k] for p in per) * 2 > len(per)
     chunk = {k: maj(k) for k in ("background", "colour", "shape")}
     chunk["correct"] = all(chunk.values())

@@ -103,6 +103,11 @@ def vocabulary() -> tuple[str, ...]:
   return tuple(sorted(words))
 
 
+def objects(use_digits: bool = True) -> tuple[str, ...]:
+  """The sprite objects of a toy build: the four shapes, then the digit words if `use_digits`."""
+  return SHAPES + (DIGIT_WORDS if use_digits else ())
+
+
 def default_sprite_size(resolution: int) -> int:
   """The sprite side in pixels of a toy frame of `resolution` pixels unless a build sets another."""
   return max(4, resolution // 4)

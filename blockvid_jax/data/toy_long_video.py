@@ -31,6 +31,9 @@ import tensorflow_datasets as tfds
 from blockvid_jax.data import toy_grammar as grammar
 
 _SPLIT_CODES = {"train": 0, "test": 1}
+# "random": a scene's sprite starts anywhere; "centre": it starts centred, so a scene's first frame
+# is a function of its caption (motion, speed and the returning position stay random).
+SPRITE_STARTS = ("random", "centre")
 
 
 @dataclasses.dataclass(eq=False)
@@ -45,6 +48,7 @@ class ToyLongVideoConfig(tfds.core.BuilderConfig):
   max_scenes: int = 3
   use_digits: bool = True       # digits from the built-in 3x5 font besides the four shapes
   sprite_size: int = 0          # sprite side in pixels (0: max(4, resolution // 4))
+  sprite_start: str = "random"  # a scene's first sprite position: "random" | "centre"
   seed: int = 0
 
   def validate(self) -> None:
@@ -57,6 +61,8 @@ class ToyLongVideoConfig(tfds.core.BuilderConfig):
     if self.sprite_size and not 4 <= self.sprite_size <= self.resolution:
       raise ValueError(f"sprite_size must be 0 (default) or in [4, resolution={self.resolution}], "
                        f"got {self.sprite_size}")
+    if self.sprite_start not in SPRITE_STARTS:
+      raise ValueError(f"sprite_start must be one of {SPRITE_STARTS}, got {self.sprite_start!r}")
     if not 1 <= self.min_scenes <= self.max_scenes:
       raise ValueError(f"need 1 <= min_scenes <= max_scenes, got {self.min_scenes}, "
                        f"{self.max_scenes}")
@@ -73,16 +79,17 @@ class ToyLongVideoConfig(tfds.core.BuilderConfig):
 def toy_config(*, resolution: int = 32, frames_per_chunk: int = 3, chunks_per_video: int = 12,
                num_videos: int = 64, num_test_videos: int = 8, min_scenes: int = 2,
                max_scenes: int = 3, use_digits: bool = True, sprite_size: int = 0,
-               seed: int = 0) -> ToyLongVideoConfig:
+               sprite_start: str = "random", seed: int = 0) -> ToyLongVideoConfig:
   """A config whose name encodes every field, so each geometry/seed builds into its own folder."""
   name = (f"r{resolution}_f{frames_per_chunk}_c{chunks_per_video}_n{num_videos}"
           f"_t{num_test_videos}_s{min_scenes}-{max_scenes}_{'d' if use_digits else 'nd'}"
-          f"{f'_z{sprite_size}' if sprite_size else ''}_seed{seed}")
+          f"{f'_z{sprite_size}' if sprite_size else ''}"
+          f"{'_centre' if sprite_start == 'centre' else ''}_seed{seed}")
   config = ToyLongVideoConfig(
       name=name, description="procedural sprites with recurring scenes", resolution=resolution,
       frames_per_chunk=frames_per_chunk, chunks_per_video=chunks_per_video, num_videos=num_videos,
       num_test_videos=num_test_videos, min_scenes=min_scenes, max_scenes=max_scenes,
-      use_digits=use_digits, sprite_size=sprite_size, seed=seed)
+      use_digits=use_digits, sprite_size=sprite_size, sprite_start=sprite_start, seed=seed)
   config.validate()
   return config
 
@@ -103,7 +110,7 @@ class _SpriteState:
 def _sample_scenes(rng: np.random.Generator, count: int,
                    use_digits: bool) -> list[grammar.SceneSpec]:
   """`count` scenes with pairwise different captions."""
-  objects = grammar.SHAPES + (grammar.DIGIT_WORDS if use_digits else ())
+  objects = grammar.objects(use_digits)
   colours, backgrounds = tuple(grammar.SPRITE_COLOURS), tuple(grammar.BACKGROUND_COLOURS)
   motions = tuple(grammar.MOTIONS)
   scenes: list[grammar.SceneSpec] = []
@@ -134,10 +141,12 @@ def _scene_pattern(rng: np.random.Generator, num_scenes: int, num_chunks: int) -
   return np.asarray(ids[:num_chunks], dtype=np.int32)  # [C]
 
 
-def _initial_state(rng: np.random.Generator, motion: str, resolution: int,
-                   size: int) -> _SpriteState:
+def _initial_state(rng: np.random.Generator, motion: str, resolution: int, size: int,
+                   start: str) -> _SpriteState:
   speed = int(rng.integers(1, 3)) * max(1, resolution // 32)
-  y, x = (int(v) for v in rng.integers(0, resolution - size + 1, size=2))
+  y, x = (int(v) for v in rng.integers(0, resolution - size + 1, size=2))  # drawn for either start
+  if start == "centre":
+    y = x = (resolution - size) // 2
   vy, vx = {"left": (0, -speed), "right": (0, speed), "up": (-speed, 0), "down": (speed, 0),
             "still": (0, 0)}.get(motion, (0, 0))
   if motion == "bounce":
@@ -183,7 +192,7 @@ def generate_video(config: ToyLongVideoConfig, split: str, index: int) -> dict[s
   scenes = _sample_scenes(rng, num_scenes, config.use_digits)
   size = config.sprite_side
   masks = [grammar.sprite_mask(s.obj, size) for s in scenes]
-  states = [_initial_state(rng, s.motion, res, size) for s in scenes]
+  states = [_initial_state(rng, s.motion, res, size, config.sprite_start) for s in scenes]
   scene_ids = _scene_pattern(rng, num_scenes, num_chunks)  # [C]
   frames = np.empty((num_chunks * fpc, res, res, 3), dtype=np.uint8)  # [T, H, W, 3]
   for c, s in enumerate(scene_ids):

@@ -36,7 +36,8 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from blockvid_jax.video_io import VIDEO_SUFFIXES, VideoError, read_video
+from blockvid_jax.video_io import VIDEO_SUFFIXES, read_video
+from blockvid_jax.errors import VideoError
 
 log = logging.getLogger(__name__)
 

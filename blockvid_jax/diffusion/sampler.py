@@ -24,8 +24,9 @@ from blockvid_jax.cache import sparse_kv
 from blockvid_jax.diffusion import flow
 from blockvid_jax.diffusion.shuffle import shuffle_noise
 from blockvid_jax.models.dit import CausalDiT, KVContext
-from blockvid_jax.models.spec import ConfigError, DiTSpec
+from blockvid_jax.models.spec import DiTSpec
 from blockvid_jax.typing import Array, PyTree
+from blockvid_jax.errors import ConfigError
 
 SOLVERS = ("dmd", "euler")
 TRACE_COUNTS = {"chunk_step": 0}  # incremented each time the chunk body is traced (tests)
@@ -236,3 +237,18 @@ def state_logical_axes(state: RolloutState) -> PyTree:
   """Logical axis names of the rollout state (for NamedShardings)."""
   return RolloutState(cache=sparse_kv.logical_axes(state.cache), rng=(),
                       prev_noise=("activation_batch", None, None, None, None), chunk=())
+
+
+def build_sampler(config) -> tuple[DiTSpec, BlockSampler]:
+  """The validated model spec and the `BlockSampler` of a full config (model, cache, sample, video)."""
+  from blockvid_jax.config_lib import validate  # pylint: disable=import-outside-toplevel
+  spec = validate(config)
+  hw = (config.video.latent_height, config.video.latent_width)
+  tokens = (spec.frames_per_chunk // spec.patch_size[0]) * (hw[0] // spec.patch_size[1]) * (
+      hw[1] // spec.patch_size[2])
+  cspec = CacheSpec.from_config(
+      config.cache, num_layers=spec.num_layers, num_heads=spec.num_heads, head_dim=spec.head_dim,
+      tokens_per_chunk=tokens, frames_per_chunk=spec.frames_per_chunk // spec.patch_size[0],
+      embed_dim=spec.text_dim)
+  sspec = SamplerSpec.from_config(config.sample, context_t=config.cache.context_t)
+  return spec, BlockSampler(spec, cspec, sspec, hw)

@@ -26,12 +26,9 @@ import numpy as np
 
 from blockvid_jax import video_io
 from blockvid_jax.evaluate import convert_vit, scorers, vde, weights
+from blockvid_jax.errors import ConvertError, UsageError, VideoError, WeightsError
 
 DEFAULT_METRICS = ("subject", "background", "aesthetic", "clarity", "motion")
-
-
-class UsageError(Exception):
-  """Stops the run before any video is scored (exit status 2)."""
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -141,7 +138,7 @@ def evaluate(args: argparse.Namespace) -> dict:
   for m in names:
     try:
       built[m] = scorers.build(m, options)
-    except (weights.WeightsError, convert_vit.ConversionError) as err:
+    except (WeightsError, ConvertError) as err:
       raise UsageError(f"metric {m}: {err}") from None
 
   out = Path(args.out)
@@ -165,7 +162,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     name = path.name
     try:
       frames = video_io.read_video(path)                       # [T, H, W, 3]
-    except video_io.VideoError as err:
+    except VideoError as err:
       skipped.append({"video": name, "metric": "*", "reason": str(err)})
       frames = None
     if frames is not None and frames.shape[0] < args.n_chunks:

@@ -25,7 +25,7 @@ import numpy as np
 
 from blockvid_jax.evaluate import features, weights
 from blockvid_jax.evaluate.amt import CONV_TRANSPOSE, AmtS, AmtSpec
-from blockvid_jax.evaluate.convert_vit import ConversionError
+from blockvid_jax.errors import ConvertError
 
 FILENAME = "amt-s.pth"
 PAD_MULTIPLE = 16
@@ -62,9 +62,9 @@ def convert_amt(sd: Mapping[str, np.ndarray]) -> dict:
     elif w.ndim == 1 and prefix + ".bias" not in sd:
       params[prefix] = w                                               # PReLU slopes [C]
     else:
-      raise ConversionError(f"AMT-S: unexpected parameter {key} of shape {w.shape}")
+      raise ConvertError(f"AMT-S: unexpected parameter {key} of shape {w.shape}")
   if "feat_encoder.conv1" not in params:
-    raise ConversionError("not an AMT-S checkpoint: key 'feat_encoder.conv1.weight' is missing")
+    raise ConvertError("not an AMT-S checkpoint: key 'feat_encoder.conv1.weight' is missing")
   return params
 
 

@@ -25,9 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from blockvid_jax.evaluate import features, weights
-from blockvid_jax.evaluate.convert_vit import (HEAD_DIM, ConversionError, StateDict, _conv,
-                                               _count_blocks, _get, _heads, _linear, _norm)
+from blockvid_jax.evaluate.convert_vit import (HEAD_DIM, StateDict, conv_kernel, count_blocks,
+                                               get_array, linear_params, norm_params,
+                                               num_heads_of)
 from blockvid_jax.evaluate.musiq import Musiq, MusiqSpec, multiscale_tokens, vbench_frames
+from blockvid_jax.errors import ConvertError
 
 WHAT = "pyiqa MUSIQ"
 FILENAME = "musiq_spaq_ckpt-358bb6af.pth"
@@ -37,48 +39,48 @@ def convert_musiq(sd: StateDict, head_dim: int = HEAD_DIM,
                   longer_side_lengths: Sequence[int] = (224, 384)) -> tuple[MusiqSpec, dict]:
   """MUSIQ state dict -> (spec, Flax params)."""
   sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
-  emb = _get(sd, "embedding.weight", WHAT)                           # [D, (P/4)^2 * 256]
+  emb = get_array(sd, "embedding.weight", WHAT)                           # [D, (P/4)^2 * 256]
   hidden = emb.shape[0]
   patch = 4 * int(round(np.sqrt(emb.shape[1] / 256)))
   if 256 * (patch // 4) ** 2 != emb.shape[1]:
-    raise ConversionError(f"{WHAT}: embedding input {emb.shape[1]} is not 256 * (patch / 4)^2")
+    raise ConvertError(f"{WHAT}: embedding input {emb.shape[1]} is not 256 * (patch / 4)^2")
   enc = "transformer_encoder."
-  layers = _count_blocks(sd, r"transformer_encoder\.transformer\.encoderblock_(\d+)\.")
+  layers = count_blocks(sd, r"transformer_encoder\.transformer\.encoderblock_(\d+)\.")
   if layers == 0:
-    raise ConversionError(f"not a {WHAT} checkpoint: no encoderblock_N.* keys")
-  pos = _get(sd, enc + "posembed_input.position_emb", WHAT).reshape(-1, hidden)   # [G*G, D]
+    raise ConvertError(f"not a {WHAT} checkpoint: no encoderblock_N.* keys")
+  pos = get_array(sd, enc + "posembed_input.position_emb", WHAT).reshape(-1, hidden)   # [G*G, D]
   grid = int(round(np.sqrt(pos.shape[0])))
-  sce = _get(sd, enc + "scaleembed_input.scale_emb", WHAT)           # [S, D]
+  sce = get_array(sd, enc + "scaleembed_input.scale_emb", WHAT)           # [S, D]
   head = "head" if "head.weight" in sd else "head.0"
-  num_class = _get(sd, head + ".weight", WHAT).shape[0]
+  num_class = get_array(sd, head + ".weight", WHAT).shape[0]
   longer = tuple(sorted(longer_side_lengths))
   if sce.shape[0] not in (len(longer), len(longer) + 1):
-    raise ConversionError(f"{WHAT}: {sce.shape[0]} scale embeddings for longer sides {longer}")
-  mlp_dim = _get(sd, enc + "transformer.encoderblock_0.mlp.fc1.weight", WHAT).shape[0]
+    raise ConvertError(f"{WHAT}: {sce.shape[0]} scale embeddings for longer sides {longer}")
+  mlp_dim = get_array(sd, enc + "transformer.encoderblock_0.mlp.fc1.weight", WHAT).shape[0]
   spec = MusiqSpec(hidden=hidden, mlp_dim=mlp_dim,
-                   num_heads=_heads(hidden, head_dim), num_layers=layers, num_scales=sce.shape[0],
+                   num_heads=num_heads_of(hidden, head_dim), num_layers=layers, num_scales=sce.shape[0],
                    grid=grid, num_class=num_class, patch=patch, longer_side_lengths=longer,
                    original_resolution=sce.shape[0] == len(longer) + 1)
 
   def conv(key):
-    return {"kernel": _conv(_get(sd, key + ".weight", WHAT))}
+    return {"kernel": conv_kernel(get_array(sd, key + ".weight", WHAT))}
 
   params = {
-      "conv_root": conv("conv_root"), "gn_root": _norm(sd, "gn_root", WHAT),
+      "conv_root": conv("conv_root"), "gn_root": norm_params(sd, "gn_root", WHAT),
       "block1": {**{n: conv("block1." + n) for n in ("conv1", "conv2", "conv3", "conv_proj")},
-                 **{n: _norm(sd, "block1." + n, WHAT) for n in ("gn1", "gn2", "gn3", "gn_proj")}},
-      "embedding": _linear(sd, "embedding", WHAT),
+                 **{n: norm_params(sd, "block1." + n, WHAT) for n in ("gn1", "gn2", "gn3", "gn_proj")}},
+      "embedding": linear_params(sd, "embedding", WHAT),
       "position_emb": pos, "scale_emb": sce,
-      "cls": _get(sd, enc + "cls", WHAT).reshape(hidden),
-      "encoder_norm": _norm(sd, enc + "encoder_norm", WHAT),
-      "head": _linear(sd, head, WHAT),
+      "cls": get_array(sd, enc + "cls", WHAT).reshape(hidden),
+      "encoder_norm": norm_params(sd, enc + "encoder_norm", WHAT),
+      "head": linear_params(sd, head, WHAT),
   }
   for i in range(layers):
     p = f"{enc}transformer.encoderblock_{i}."
     params[f"encoderblock_{i}"] = {
-        "norm1": _norm(sd, p + "norm1", WHAT), "norm2": _norm(sd, p + "norm2", WHAT),
-        **{n: _linear(sd, p + "attention." + n, WHAT) for n in ("query", "key", "value", "out")},
-        "fc1": _linear(sd, p + "mlp.fc1", WHAT), "fc2": _linear(sd, p + "mlp.fc2", WHAT),
+        "norm1": norm_params(sd, p + "norm1", WHAT), "norm2": norm_params(sd, p + "norm2", WHAT),
+        **{n: linear_params(sd, p + "attention." + n, WHAT) for n in ("query", "key", "value", "out")},
+        "fc1": linear_params(sd, p + "mlp.fc1", WHAT), "fc2": linear_params(sd, p + "mlp.fc2", WHAT),
     }
   return spec, params
 

@@ -33,55 +33,52 @@ from typing import Mapping
 import numpy as np
 
 from blockvid_jax.evaluate.vit import ViTSpec, clip_spec, dino_spec
+from blockvid_jax.errors import ConvertError
 
 StateDict = Mapping[str, np.ndarray]
 HEAD_DIM = 64  # every public DINO / CLIP ViT
 
 
-class ConversionError(ValueError):
-  """The state dict does not have the expected layout (message names the missing key)."""
-
-
-def _get(sd: StateDict, key: str, what: str) -> np.ndarray:
+def get_array(sd: StateDict, key: str, what: str) -> np.ndarray:
   if key not in sd:
-    raise ConversionError(f"not a {what} checkpoint: key {key!r} is missing")
+    raise ConvertError(f"not a {what} checkpoint: key {key!r} is missing")
   return np.asarray(sd[key], np.float32)
 
 
-def _linear(sd: StateDict, prefix: str, what: str, bias: bool = True) -> dict:
-  out = {"kernel": _get(sd, prefix + ".weight", what).T}             # [in, out]
+def linear_params(sd: StateDict, prefix: str, what: str, bias: bool = True) -> dict:
+  out = {"kernel": get_array(sd, prefix + ".weight", what).T}             # [in, out]
   if bias:
-    out["bias"] = _get(sd, prefix + ".bias", what)
+    out["bias"] = get_array(sd, prefix + ".bias", what)
   return out
 
 
-def _norm(sd: StateDict, prefix: str, what: str) -> dict:
-  return {"scale": _get(sd, prefix + ".weight", what), "bias": _get(sd, prefix + ".bias", what)}
+def norm_params(sd: StateDict, prefix: str, what: str) -> dict:
+  return {"scale": get_array(sd, prefix + ".weight", what), "bias": get_array(sd, prefix + ".bias", what)}
 
 
-def _conv(w: np.ndarray) -> np.ndarray:
+def conv_kernel(w: np.ndarray) -> np.ndarray:
   return np.transpose(w, (2, 3, 1, 0))                              # [O,I,kh,kw] -> [kh,kw,I,O]
 
 
-def _count_blocks(sd: StateDict, pattern: str) -> int:
+def count_blocks(sd: StateDict, pattern: str) -> int:
   ids = {int(m.group(1)) for k in sd for m in [re.match(pattern, k)] if m}
   if not ids:
     return 0
   if ids != set(range(max(ids) + 1)):
-    raise ConversionError(f"block indices are not contiguous: {sorted(ids)}")
+    raise ConvertError(f"block indices are not contiguous: {sorted(ids)}")
   return max(ids) + 1
 
 
-def _heads(width: int, head_dim: int) -> int:
+def num_heads_of(width: int, head_dim: int) -> int:
   if width % head_dim:
-    raise ConversionError(f"width {width} is not a multiple of head_dim {head_dim}")
+    raise ConvertError(f"width {width} is not a multiple of head_dim {head_dim}")
   return width // head_dim
 
 
 def _grid(num_pos: int) -> int:
   g = int(round(np.sqrt(num_pos - 1)))
   if g * g + 1 != num_pos:
-    raise ConversionError(f"{num_pos} position embeddings are not 1 + a square grid")
+    raise ConvertError(f"{num_pos} position embeddings are not 1 + a square grid")
   return g
 
 
@@ -102,29 +99,29 @@ def convert_dino(sd: StateDict, head_dim: int = HEAD_DIM) -> tuple[ViTSpec, dict
   """DINO ViT state dict -> (spec, Flax params)."""
   what = "DINO ViT"
   sd = strip_dino_prefixes(sd)
-  w = _get(sd, "patch_embed.proj.weight", what)                     # [D, 3, p, p]
+  w = get_array(sd, "patch_embed.proj.weight", what)                     # [D, 3, p, p]
   width, patch = w.shape[0], w.shape[-1]
-  depth = _count_blocks(sd, r"blocks\.(\d+)\.")
+  depth = count_blocks(sd, r"blocks\.(\d+)\.")
   if depth == 0:
-    raise ConversionError(f"not a {what} checkpoint: no blocks.N.* keys")
-  pos = _get(sd, "pos_embed", what).reshape(-1, width)              # [1 + G*G, D]
-  mlp_dim = _get(sd, "blocks.0.mlp.fc1.weight", what).shape[0]
-  spec = dino_spec(width, depth, _heads(width, head_dim), mlp_dim, patch, _grid(pos.shape[0]))
+    raise ConvertError(f"not a {what} checkpoint: no blocks.N.* keys")
+  pos = get_array(sd, "pos_embed", what).reshape(-1, width)              # [1 + G*G, D]
+  mlp_dim = get_array(sd, "blocks.0.mlp.fc1.weight", what).shape[0]
+  spec = dino_spec(width, depth, num_heads_of(width, head_dim), mlp_dim, patch, _grid(pos.shape[0]))
   params = {
-      "patch_embed": {"kernel": _conv(w), "bias": _get(sd, "patch_embed.proj.bias", what)},
-      "cls_token": _get(sd, "cls_token", what).reshape(width),
+      "patch_embed": {"kernel": conv_kernel(w), "bias": get_array(sd, "patch_embed.proj.bias", what)},
+      "cls_token": get_array(sd, "cls_token", what).reshape(width),
       "pos_embed": pos,
-      "ln_post": _norm(sd, "norm", what),
+      "ln_post": norm_params(sd, "norm", what),
   }
   for i in range(depth):
     p = f"blocks.{i}."
     params[f"block_{i}"] = {
-        "ln_1": _norm(sd, p + "norm1", what),
-        "qkv": _linear(sd, p + "attn.qkv", what),
-        "out": _linear(sd, p + "attn.proj", what),
-        "ln_2": _norm(sd, p + "norm2", what),
-        "fc1": _linear(sd, p + "mlp.fc1", what),
-        "fc2": _linear(sd, p + "mlp.fc2", what),
+        "ln_1": norm_params(sd, p + "norm1", what),
+        "qkv": linear_params(sd, p + "attn.qkv", what),
+        "out": linear_params(sd, p + "attn.proj", what),
+        "ln_2": norm_params(sd, p + "norm2", what),
+        "fc1": linear_params(sd, p + "mlp.fc1", what),
+        "fc2": linear_params(sd, p + "mlp.fc2", what),
     }
   return spec, params
 
@@ -140,35 +137,35 @@ def convert_clip(sd: StateDict, head_dim: int = HEAD_DIM) -> tuple[ViTSpec, dict
   """OpenAI CLIP state dict (full model or image tower) -> (spec, Flax params of the tower)."""
   what = "OpenAI CLIP ViT"
   sd = clip_visual(sd)
-  w = _get(sd, "conv1.weight", what)                                 # [D, 3, p, p]
+  w = get_array(sd, "conv1.weight", what)                                 # [D, 3, p, p]
   width, patch = w.shape[0], w.shape[-1]
-  depth = _count_blocks(sd, r"transformer\.resblocks\.(\d+)\.")
+  depth = count_blocks(sd, r"transformer\.resblocks\.(\d+)\.")
   if depth == 0:
-    raise ConversionError(f"not a {what} checkpoint: no visual.transformer.resblocks.N.* keys")
-  pos = _get(sd, "positional_embedding", what)                      # [1 + G*G, D]
-  proj = _get(sd, "proj", what)                                      # [D, O]
-  spec = clip_spec(width, depth, _heads(width, head_dim), patch, _grid(pos.shape[0]), proj.shape[1])
-  mlp_dim = _get(sd, "transformer.resblocks.0.mlp.c_fc.weight", what).shape[0]
+    raise ConvertError(f"not a {what} checkpoint: no visual.transformer.resblocks.N.* keys")
+  pos = get_array(sd, "positional_embedding", what)                      # [1 + G*G, D]
+  proj = get_array(sd, "proj", what)                                      # [D, O]
+  spec = clip_spec(width, depth, num_heads_of(width, head_dim), patch, _grid(pos.shape[0]), proj.shape[1])
+  mlp_dim = get_array(sd, "transformer.resblocks.0.mlp.c_fc.weight", what).shape[0]
   if mlp_dim != spec.mlp_dim:
-    raise ConversionError(f"CLIP MLP width {mlp_dim} != 4 * width {spec.mlp_dim}")
+    raise ConvertError(f"CLIP MLP width {mlp_dim} != 4 * width {spec.mlp_dim}")
   params = {
-      "patch_embed": {"kernel": _conv(w)},
-      "cls_token": _get(sd, "class_embedding", what),
+      "patch_embed": {"kernel": conv_kernel(w)},
+      "cls_token": get_array(sd, "class_embedding", what),
       "pos_embed": pos,
-      "ln_pre": _norm(sd, "ln_pre", what),
-      "ln_post": _norm(sd, "ln_post", what),
+      "ln_pre": norm_params(sd, "ln_pre", what),
+      "ln_post": norm_params(sd, "ln_post", what),
       "proj": proj,
   }
   for i in range(depth):
     p = f"transformer.resblocks.{i}."
     params[f"block_{i}"] = {
-        "ln_1": _norm(sd, p + "ln_1", what),
-        "qkv": {"kernel": _get(sd, p + "attn.in_proj_weight", what).T,
-                "bias": _get(sd, p + "attn.in_proj_bias", what)},
-        "out": _linear(sd, p + "attn.out_proj", what),
-        "ln_2": _norm(sd, p + "ln_2", what),
-        "fc1": _linear(sd, p + "mlp.c_fc", what),
-        "fc2": _linear(sd, p + "mlp.c_proj", what),
+        "ln_1": norm_params(sd, p + "ln_1", what),
+        "qkv": {"kernel": get_array(sd, p + "attn.in_proj_weight", what).T,
+                "bias": get_array(sd, p + "attn.in_proj_bias", what)},
+        "out": linear_params(sd, p + "attn.out_proj", what),
+        "ln_2": norm_params(sd, p + "ln_2", what),
+        "fc1": linear_params(sd, p + "mlp.c_fc", what),
+        "fc2": linear_params(sd, p + "mlp.c_proj", what),
     }
   return spec, params
 
@@ -176,8 +173,8 @@ def convert_clip(sd: StateDict, head_dim: int = HEAD_DIM) -> tuple[ViTSpec, dict
 def convert_linear_head(sd: StateDict) -> tuple[np.ndarray, np.ndarray]:
   """LAION aesthetic head nn.Linear(F, 1) -> (kernel [F], bias scalar)."""
   what = "LAION aesthetic linear head"
-  w = _get(sd, "weight", what)                                       # [1, F]
-  b = _get(sd, "bias", what)                                         # [1]
+  w = get_array(sd, "weight", what)                                       # [1, F]
+  b = get_array(sd, "bias", what)                                         # [1]
   if w.ndim != 2 or w.shape[0] != 1 or b.shape != (1,):
-    raise ConversionError(f"{what}: expected weight [1, F] and bias [1], got {w.shape}, {b.shape}")
+    raise ConvertError(f"{what}: expected weight [1, F] and bias [1], got {w.shape}, {b.shape}")
   return w[0], b[0]

@@ -16,21 +16,22 @@ import numpy as np
 
 from blockvid_jax.evaluate import convert_vit, weights
 from blockvid_jax.evaluate.vit import ViT, ViTSpec
+from blockvid_jax.errors import ConvertError
 
 
 def check_tree(want, params) -> None:
-  """Raises ConversionError unless `params` has exactly the tree and shapes of `want`."""
+  """Raises ConvertError unless `params` has exactly the tree and shapes of `want`."""
   leaves = jax.tree_util.tree_leaves_with_path
   want = {jax.tree_util.keystr(p): tuple(a.shape) for p, a in leaves(want)}
   got = {jax.tree_util.keystr(p): tuple(np.shape(a)) for p, a in leaves(params)}
   for key in sorted(want.keys() | got.keys()):
     if want.get(key) != got.get(key):
-      raise convert_vit.ConversionError(
+      raise ConvertError(
           f"converted parameter {key}: want shape {want.get(key)}, got {got.get(key)}")
 
 
 def check_params(spec: ViTSpec, params) -> None:
-  """Raises ConversionError unless `params` has exactly the tree and shapes `ViT(spec)` creates."""
+  """Raises ConvertError unless `params` has exactly the tree and shapes `ViT(spec)` creates."""
   x = jnp.zeros((1, spec.image_size, spec.image_size, 3), jnp.float32)
   check_tree(jax.eval_shape(ViT(spec).init, jax.random.key(0), x)["params"], params)
 

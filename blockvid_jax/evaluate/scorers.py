@@ -42,6 +42,7 @@ import numpy as np
 
 from blockvid_jax.evaluate import (convert_amt, convert_musiq, convert_vit, features, preprocess,
                                    weights)
+from blockvid_jax.errors import ConvertError, WeightsError
 
 
 class Scorer(Protocol):
@@ -65,7 +66,7 @@ class ScorerOptions:
     path = weights.find(self.weights_dir, filename)
     if path is None:
       where = self.weights_dir if self.weights_dir is not None else "(no --weights_dir given)"
-      raise weights.WeightsError(f"needs {weights.describe(filename)} in {where}")
+      raise WeightsError(f"needs {weights.describe(filename)} in {where}")
     return path
 
 
@@ -170,7 +171,7 @@ class AestheticScorer:
 
   def __init__(self, extractor: features.ViTFeatures, kernel: np.ndarray, bias: float):
     if kernel.shape[0] != extractor.spec.features:
-      raise convert_vit.ConversionError(
+      raise ConvertError(
           f"aesthetic head expects {kernel.shape[0]} features, "
           f"CLIP gives {extractor.spec.features}")
     self.extractor, self.kernel, self.bias = extractor, kernel.astype(np.float64), float(bias)

@@ -27,11 +27,9 @@ from typing import Optional
 
 import numpy as np
 
+from blockvid_jax.errors import WeightsError
+
 SUFFIXES = (".safetensors", ".npz", ".pth", ".pt")
-
-
-class WeightsError(Exception):
-  """A weights file is missing or cannot be read (the message is one line)."""
 
 
 def candidates(weights_dir: Path, filename: str) -> list[Path]:

@@ -15,15 +15,13 @@ bad config override or missing scorer weights print one line and exit 2 before a
 from __future__ import annotations
 
 import argparse
-import ast
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from blockvid_jax.evaluate import cli as evaluate_cli
 from blockvid_jax.lvbench import meta as lvmeta
 from blockvid_jax.lvbench.report import DIMENSIONS, TABLE_MD
+from blockvid_jax.errors import BlockvidError, ConfigError, MetaError
 
 
 def parse_args(argv: Optional[Sequence[str]] = None):
@@ -59,42 +57,18 @@ def parse_args(argv: Optional[Sequence[str]] = None):
   return args
 
 
-def _parse_value(text: str):
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-
-
 def load_config(spec: str, overrides: Sequence[str] = ()):
-  """`path[:arg]` -> get_config(arg), then `--config.a.b=value` overrides (typed by literal)."""
-  from blockvid_jax.config_lib import sibling_config  # pylint: disable=import-outside-toplevel
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path) or not path.endswith(".py"):
-    raise lvmeta.MetaError(f"--config {path!r} is not a config .py file")
-  config = sibling_config(path, Path(path).stem, arg)
-  for item in overrides:
-    key, eq, value = item[len("--config."):].partition("=")
-    node = config
-    parts = key.split(".")
-    try:
-      for p in parts[:-1]:
-        node = node[p]
-      if not eq or parts[-1] not in node:
-        raise KeyError(key)
-      node[parts[-1]] = _parse_value(value)
-    except (KeyError, TypeError, ValueError) as err:
-      raise lvmeta.MetaError(f"bad override {item!r} ({type(err).__name__}: {err})") from None
-  return config
+  """`path[:arg]` -> get_config(arg), then `--config.a.b=value` overrides (typed as the field)."""
+  from blockvid_jax import config_overrides  # pylint: disable=import-outside-toplevel
+  return config_overrides.apply_overrides(config_overrides.load_config_file(spec), overrides)
 
 
 def run_generate(args) -> int:
   from blockvid_jax.lvbench import driver  # pylint: disable=import-outside-toplevel
-  from blockvid_jax.models import ConfigError  # pylint: disable=import-outside-toplevel
   meta = lvmeta.load_meta(args.meta)
-  config = load_config(args.config, args.overrides)
   only = [v.strip() for v in args.ids.split(",") if v.strip()]
   try:
+    config = load_config(args.config, args.overrides)
     from blockvid_jax.config_lib import validate  # pylint: disable=import-outside-toplevel
     validate(config)
     driver.plan(config, meta, args.start, args.count, only)           # all checks, no output yet
@@ -102,7 +76,7 @@ def run_generate(args) -> int:
                                  only=only, seed=args.seed, checkpoint=args.checkpoint,
                                  progress=not args.quiet)
   except ConfigError as err:
-    raise lvmeta.MetaError(str(err).splitlines()[0]) from None
+    raise MetaError(str(err).splitlines()[0]) from None
   print(f"generated {len(res['generated'])}, skipped {len(res['skipped'])} (already there) "
         f"-> {args.out}")
   return 0
@@ -122,6 +96,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parse_args(argv)
   try:
     return run_generate(args) if args.command == "generate" else run_report(args)
-  except (lvmeta.MetaError, evaluate_cli.UsageError) as err:
+  except BlockvidError as err:
     print(f"error: {err}", file=sys.stderr)
     return 2

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
 from blockvid_jax import generate
-from blockvid_jax.lvbench.meta import Caption, MetaError, chunk_captions, chunk_timing, select
+from blockvid_jax.lvbench.meta import Caption, chunk_captions, chunk_timing, select
+from blockvid_jax.errors import MetaError
 
 VIDEO_SUFFIX = ".mp4"
 

@@ -25,15 +25,12 @@ import re
 from typing import Optional, Sequence
 
 from blockvid_jax.data.chunk_timing import ChunkTiming
+from blockvid_jax.errors import MetaError
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # per autoencoder kind (config_lib.AUTOENCODERS; "wan_vae" is an alias of "wan"): pixel frames per
 # latent frame, and pixel frames the first chunk lacks (the causal VAE's lone first frame)
 AUTOENCODER_FRAMES = {"toy": (1, 0), "wan": (4, 3), "wan_vae": (4, 3)}
-
-
-class MetaError(Exception):
-  """The meta file or a selection in it is malformed (the message is one line)."""
 
 
 @dataclasses.dataclass(frozen=True)

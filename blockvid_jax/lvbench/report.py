@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 from blockvid_jax.evaluate import cli as evaluate_cli
 from blockvid_jax.evaluate import vde
-from blockvid_jax.lvbench.meta import MetaError
+from blockvid_jax.errors import MetaError, UsageError
 
 DIMENSIONS = ("subject", "background", "motion", "aesthetic", "clarity")   # paper's column order
 TITLES = {"subject": "Subject", "background": "Background", "motion": "Motion",
@@ -99,7 +99,7 @@ def run_report(videos, out, weights_dir=None, meta_ids: Optional[Sequence[str]] 
                n_chunks: int = 10, metrics: Sequence[str] = DIMENSIONS, batch_size: int = 8,
                head_dim: int = 64, label: str = "ours", quiet: bool = False) -> dict:
   """Evaluates `videos` and writes the table into `out`. Raises MetaError /
-  evaluate_cli.UsageError (one line) before anything is written."""
+  UsageError (one line) before anything is written."""
   videos, out = Path(videos), Path(out)
   missing = check_videos(videos, meta_ids) if meta_ids is not None else []
   args = argparse.Namespace(videos=str(videos), out=str(out / EVAL_DIR), metrics=",".join(metrics),

@@ -22,8 +22,9 @@ from blockvid_jax.models.attention import block_causal_mask, teacher_forcing_mas
 from blockvid_jax.models.block import Block, modulate
 from blockvid_jax.models.embeddings import (TextEmbedding, TimeEmbedding, dense, layer_norm,
                                             patchify, unpatchify)
-from blockvid_jax.models.spec import X0_T_FLOOR, ConfigError, DiTSpec
+from blockvid_jax.models.spec import X0_T_FLOOR, DiTSpec, checkpoint_policy
 from blockvid_jax.typing import Array
+from blockvid_jax.errors import ConfigError
 
 MODES = ("causal", "bidirectional")
 
@@ -62,13 +63,6 @@ class ChunkKV:
   v: Array                   # [K, B, L, N, H]
   positions: Array           # [B, L, 3] int32
   saliency: Optional[Array]  # [K, B, L] attention mass each key receives from the chunk's queries
-
-
-_REMAT = {
-    "full": None,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
 
 
 def _chunk_ids(num_frames: int, frames_per_chunk: int, tokens_per_frame: int) -> Array:
@@ -179,7 +173,7 @@ class CausalDiT(nn.Module):
 
     block_cls = Block
     if s.remat_policy != "none":
-      block_cls = nn.remat(Block, policy=_REMAT[s.remat_policy], prevent_cse=False)
+      block_cls = nn.remat(Block, policy=checkpoint_policy(s.remat_policy), prevent_cse=False)
     stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                     in_axes=(nn.broadcast, 0), length=s.num_layers,
                     metadata_params={nn.PARTITION_NAME: "layers"})

@@ -22,19 +22,20 @@ def dummy_inputs(spec: DiTSpec, batch: int = 1, text_len: int = 1):
   return lat, t, ctx
 
 
-def _init_boxed(spec: DiTSpec, rng):
+def init_boxed(spec: DiTSpec, rng):
+  """Fresh params with their `nn.Partitioned` logical-axis boxes (for sharded init under jit)."""
   return CausalDiT(spec).init(rng, *dummy_inputs(spec))["params"]
 
 
 def abstract_params(spec: DiTSpec, boxed: bool = False):
   """ShapeDtypeStructs of the params (with logical `nn.Partitioned` boxes when `boxed`)."""
-  tree = jax.eval_shape(functools.partial(_init_boxed, spec), jax.random.key(0))
+  tree = jax.eval_shape(functools.partial(init_boxed, spec), jax.random.key(0))
   return tree if boxed else nn.unbox(tree)
 
 
 def init_params(spec: DiTSpec, rng):
   """Random params (unboxed) on the default device; for sharded init see `blockvid_jax.parallel`."""
-  return nn.unbox(jax.jit(_init_boxed, static_argnums=0)(spec, rng))
+  return nn.unbox(jax.jit(init_boxed, static_argnums=0)(spec, rng))
 
 
 def count_params(tree) -> int:

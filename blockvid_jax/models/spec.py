@@ -10,11 +10,10 @@ import dataclasses
 import enum
 from typing import Any, Mapping
 
+import jax
 import jax.numpy as jnp
 
-
-class ConfigError(ValueError):
-  """A user-facing configuration error with a one-line message."""
+from blockvid_jax.errors import ConfigError
 
 
 class AttentionImpl(str, enum.Enum):
@@ -24,7 +23,17 @@ class AttentionImpl(str, enum.Enum):
   FUSED = "fused"
 
 
+# Rematerialisation policies, the one table of them: "none" (no jax.checkpoint), "full" (save
+# nothing), "dots" (save matmul outputs), "dots_no_batch" (save matmuls without batch dims).
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
+
+def checkpoint_policy(name: str):
+  """The `jax.checkpoint` policy of a remat policy name (None: save nothing, for "none"/"full")."""
+  return {"dots": jax.checkpoint_policies.checkpoint_dots,
+          "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims}.get(name)
+
+
 # What the output head predicts. `v`: the flow velocity eps - x0 (Wan2.1 and every public
 # checkpoint). `x0`: the clean latents, turned into v = (x_t - x0) / max(t, X0_T_FLOOR) inside the
 # model, so every caller still sees v (x-prediction, Li & He 2025, "Back to Basics: Let Denoising

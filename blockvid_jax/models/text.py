@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from blockvid_jax.data.toy_grammar import vocabulary as toy_vocabulary
 from blockvid_jax.models.attention import attend
 from blockvid_jax.typing import Array
 
@@ -123,14 +122,14 @@ def _forward(module: ToyTextTransformer, params, ids: Array, mask: Array) -> tup
 class ToyTextEncoder:
   """Word tokenizer + frozen random transformer with the text-encoder interface (module doc)."""
 
-  def __init__(self, text_dim: int, max_len: int, *, num_layers: int = 2, num_heads: int = 2,
-               seed: int = 0, words: Sequence[str] | None = None):
+  def __init__(self, text_dim: int, max_len: int, words: Sequence[str], *, num_layers: int = 2,
+               num_heads: int = 2, seed: int = 0):
     if text_dim % num_heads:
       raise ValueError(f"text_dim {text_dim} is not divisible by num_heads {num_heads}")
     if max_len < 2:
       raise ValueError(f"max_len must be >= 2 (a word and </s>), got {max_len}")
     self.text_dim, self.max_len = text_dim, max_len
-    self.tokenizer = WordTokenizer(toy_vocabulary() if words is None else words)
+    self.tokenizer = WordTokenizer(words)
     self.module = ToyTextTransformer(vocab_size=len(self.tokenizer), width=text_dim,
                                      max_len=max_len, num_layers=num_layers, num_heads=num_heads)
     self.params = _init(self.module, jax.random.PRNGKey(seed))

@@ -22,7 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
-from blockvid_jax.models.spec import ConfigError
+from blockvid_jax.errors import ConfigError
+
 
 TEXT_LEN = 512
 _JSON, _SPM = "tokenizer.json", "spiece.model"

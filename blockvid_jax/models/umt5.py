@@ -19,9 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from blockvid_jax.models.embeddings import dense
-from blockvid_jax.models.spec import DTYPES, ConfigError
+from blockvid_jax.models.spec import DTYPES
 from blockvid_jax.models.text import masked_mean
 from blockvid_jax.typing import Array
+from blockvid_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

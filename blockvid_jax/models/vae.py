@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 
 from blockvid_jax.models import vae_layers as L
-from blockvid_jax.models.spec import DTYPES, ConfigError
+from blockvid_jax.models.spec import DTYPES
 from blockvid_jax.typing import Array
+from blockvid_jax.errors import ConfigError
 
 # Per-channel latent statistics of Wan2.1_VAE.pth (latents = (mu - mean) / std).
 LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715,

@@ -1,8 +1,8 @@
 """Parallelism: mesh axes, logical axis rules (declared once in `axes.py`) and sharding helpers."""
 
 from blockvid_jax.parallel.axes import LOGICAL_RULES, MESH_AXES, rules_from_config
-from blockvid_jax.parallel.mesh import (MeshError, activation_rules, logical_to_sharding, make_mesh,
+from blockvid_jax.parallel.mesh import (activation_rules, logical_to_sharding, make_mesh,
                                         mesh_shape, named, replicated, sharded_init)
 
-__all__ = ["LOGICAL_RULES", "MESH_AXES", "rules_from_config", "MeshError", "activation_rules",
+__all__ = ["LOGICAL_RULES", "MESH_AXES", "rules_from_config", "activation_rules",
            "logical_to_sharding", "make_mesh", "mesh_shape", "named", "replicated", "sharded_init"]

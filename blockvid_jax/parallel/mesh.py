@@ -11,10 +11,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from blockvid_jax.parallel.axes import LOGICAL_RULES, MESH_AXES
-
-
-class MeshError(ValueError):
-  """A one-line error about the mesh shape."""
+from blockvid_jax.errors import MeshError
 
 
 def mesh_shape(shape: Mapping[str, int], num_devices: Optional[int] = None) -> tuple[int, ...]:

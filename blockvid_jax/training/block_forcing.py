@@ -29,8 +29,8 @@ import optax
 from flax import struct
 
 from blockvid_jax.diffusion import flow, noise
-from blockvid_jax.models.params import _init_boxed
-from blockvid_jax.models.spec import ConfigError, DiTSpec
+from blockvid_jax.models.params import init_boxed
+from blockvid_jax.models.spec import DiTSpec
 from blockvid_jax.parallel import LOGICAL_RULES, activation_rules, logical_to_sharding
 from blockvid_jax.training import dmd, velocity_forcing
 from blockvid_jax.training.self_forcing import (SelfForcingRollout, chunks_to_video,
@@ -38,6 +38,7 @@ from blockvid_jax.training.self_forcing import (SelfForcingRollout, chunks_to_vi
 from blockvid_jax.training.state import tree_norm
 from blockvid_jax.training.steps import predict_velocity
 from blockvid_jax.typing import Array, PyTree
+from blockvid_jax.errors import ConfigError
 
 # fold_in tags of the step rng (fixed: the exit steps must not depend on anything device-local).
 EXIT, ROLLOUT, DMD, VF, CRITIC = range(5)
@@ -93,7 +94,7 @@ class BlockForcingState:
 def _boxed_state(gen_spec: DiTSpec, teacher_spec: DiTSpec, gen_tx, critic_tx, use_ema: bool,
                  rng) -> BlockForcingState:
   k_gen, k_teacher = jax.random.split(rng)
-  gen, teacher = _init_boxed(gen_spec, k_gen), _init_boxed(teacher_spec, k_teacher)
+  gen, teacher = init_boxed(gen_spec, k_gen), init_boxed(teacher_spec, k_teacher)
   return BlockForcingState(step=jnp.zeros((), jnp.int32), params=gen, opt_state=gen_tx.init(gen),
                            ema_params=gen if use_ema else None, critic_params=teacher,
                            critic_opt_state=critic_tx.init(teacher), teacher_params=teacher)

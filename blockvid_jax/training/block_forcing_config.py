@@ -12,11 +12,12 @@ from __future__ import annotations
 import ml_collections
 import optax
 
-from blockvid_jax.models.spec import ConfigError, DiTSpec
+from blockvid_jax.models.spec import DiTSpec
 from blockvid_jax.training import optim
 from blockvid_jax.training.block_forcing import BlockForcingSettings
 from blockvid_jax.training.config import validate_train
-from blockvid_jax.training.self_forcing import REMAT_POLICIES
+from blockvid_jax.models.spec import REMAT_POLICIES
+from blockvid_jax.errors import ConfigError
 
 STAGE = "block_forcing"
 

@@ -2,7 +2,7 @@
 
 `configs/*.py` call `add_train_defaults(base_config())` and override; the CLI calls
 `validate_train(config)` after `config_lib.validate`, which raises a one-line `ConfigError` naming
-the field. Only the CLI and `training.loop` read these sections: the steps get explicit arguments.
+the field. Only the CLI and the stages (`training.loop`, `training.trainer`) read these sections: the steps get explicit arguments.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import ml_collections
 
 from blockvid_jax.config_lib import validate
 from blockvid_jax.diffusion.noise import SCHEDULES
-from blockvid_jax.models.spec import ConfigError, DiTSpec
+from blockvid_jax.models.spec import DiTSpec
 from blockvid_jax.training.losses import LOSS_WEIGHTS
+from blockvid_jax.errors import ConfigError
 
 STAGES = ("causal", "teacher")
 DATA_KINDS = ("toy", "latents")
@@ -32,6 +33,7 @@ def add_train_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   c.data.toy_seed = 0                     # toy: generator seed (the data order uses `seed`)
   c.data.use_digits = True                # toy: digits besides the four shapes
   c.data.sprite_size = 0                  # toy: sprite side in pixels (0: resolution // 4)
+  c.data.sprite_start = "random"          # toy: a scene's first sprite position: random | centre
   c.data.num_threads = 2                  # grain reader threads (threads, not processes)
   c.data.prefetch = 4                     # grain prefetch buffer (batches)
 

@@ -17,7 +17,8 @@ from typing import Any, Optional
 from absl import logging
 
 from blockvid_jax import checkpoints
-from blockvid_jax.models.spec import ConfigError, DiTSpec
+from blockvid_jax.models.spec import DiTSpec
+from blockvid_jax.errors import CheckpointError, ConfigError
 
 EXPORTS = ("params_ema", "params")   # work-directory exports, in order of preference
 
@@ -46,7 +47,7 @@ def load(path: str, spec: Optional[DiTSpec] = None, shardings: Any = None,
   directory = resolve(path, prefer_ema)
   try:
     spec, params = checkpoints.load_params(directory, spec, shardings)
-  except checkpoints.CheckpointError as e:
+  except CheckpointError as e:
     raise ConfigError(str(e)) from None
   logging.info("loaded params from %s", directory)
   return spec, params

@@ -25,6 +25,7 @@ import numpy as np
 from absl import logging
 
 from blockvid_jax.diffusion import flow
+from blockvid_jax.diffusion.sampler import build_sampler
 from blockvid_jax.models import toy_autoencoder
 from blockvid_jax.models.spec import DiTSpec
 from blockvid_jax.training.steps import predict_velocity
@@ -65,13 +66,9 @@ class SamplePreview:
     self._sampler = self._segment_fn = None
     self.teacher = config.train.stage == "teacher"
     self._teacher = jax.jit(self._teacher_fn) if self.teacher else None
-    try:
-      from blockvid_jax import generate  # pylint: disable=import-outside-toplevel
-      if not self.teacher:
-        _, self._sampler = generate.build_sampler(config)
-        self._segment_fn = self._sampler.make_segment_fn()
-    except ImportError as e:
-      logging.warning("sampler unavailable (%s): videos show one-step previews only", e)
+    if not self.teacher:
+      _, self._sampler = build_sampler(config)
+      self._segment_fn = self._sampler.make_segment_fn()
     self._one_step = jax.jit(self._one_step_fn)
     os.makedirs(out_dir, exist_ok=True)
 

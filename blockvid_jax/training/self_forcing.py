@@ -33,16 +33,10 @@ from blockvid_jax.diffusion import flow
 from blockvid_jax.diffusion.sampler import BlockSampler, RolloutState
 from blockvid_jax.diffusion.shuffle import shuffle_noise
 from blockvid_jax.models.dit import CausalDiT
-from blockvid_jax.models.spec import ConfigError
+from blockvid_jax.models.spec import REMAT_POLICIES, checkpoint_policy
 from blockvid_jax.typing import Array, PyTree
+from blockvid_jax.errors import ConfigError
 
-# jax.checkpoint policies for the exit-step forward (None = plain jax.checkpoint: save nothing).
-REMAT_POLICIES = {
-    "none": None,
-    "full": None,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +99,7 @@ class SelfForcingRollout:
     def exit_forward(p, x_in):
       return flow.x0_from_v(x_in, self._velocity(p, x_in, t, text, ctx, offset), t)
     if self.remat_policy != "none":
-      exit_forward = jax.checkpoint(exit_forward, policy=REMAT_POLICIES[self.remat_policy])
+      exit_forward = jax.checkpoint(exit_forward, policy=checkpoint_policy(self.remat_policy))
     return exit_forward(params, x)                                                   # [B, Fc, H, W, C]
 
   def chunk_step(self, params: PyTree, state: RolloutState, text: Array, pooled: Array,

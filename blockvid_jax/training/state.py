@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from blockvid_jax.models.params import _init_boxed
+from blockvid_jax.models.params import init_boxed
 from blockvid_jax.models.spec import DiTSpec
 from blockvid_jax.parallel import LOGICAL_RULES, activation_rules, logical_to_sharding
 from blockvid_jax.typing import Array, PyTree
@@ -33,7 +33,7 @@ class TrainState:
 
 
 def _init_boxed_state(spec: DiTSpec, tx: optax.GradientTransformation, use_ema: bool, rng) -> TrainState:
-  params = _init_boxed(spec, rng)                            # boxed: leaves carry logical names
+  params = init_boxed(spec, rng)                            # boxed: leaves carry logical names
   ema = jax.tree_util.tree_map(jnp.copy, params) if use_ema else None
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     ema_params=ema)
