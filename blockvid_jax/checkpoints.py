@@ -69,29 +69,49 @@ def _check_tree(spec: DiTSpec, params: Any) -> None:
 
 
 def save_params(directory: str, spec: DiTSpec, params: Any) -> str:
-  """Writes `spec` and `params` (NumPy or jax arrays) to a new params directory; returns its path."""
+  """Writes `spec` and `params` (NumPy or jax arrays) to a new params directory; returns its path.
+
+  Multi-process runs call it on every process with the same (global, sharded) jax arrays: each
+  process writes its own shards through orbax; process 0 writes spec.json and publishes the
+  directory (an atomic rename), and every process returns once it is in place.
+  """
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
+  multi = jax.process_count() > 1
+  primary = jax.process_index() == 0
   directory = check_output_dir(directory)
   _check_tree(spec, params)
   parent, name = os.path.split(directory)
   os.makedirs(parent, exist_ok=True)
-  tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+  # Every process must name the same staging directory; one process is never raced by itself.
+  tmp = os.path.join(parent, f".{name}.tmp-" + ("multiprocess" if multi else uuid.uuid4().hex[:8]))
   try:
-    os.makedirs(tmp)
+    if primary:
+      shutil.rmtree(tmp, ignore_errors=True)
+      os.makedirs(tmp)
+    _sync(multi, f"save_params staged {directory}")
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(os.path.join(tmp, PARAMS_DIR), params)
       checkpointer.wait_until_finished()
-    with open(os.path.join(tmp, SPEC_FILE), "w", encoding="utf-8") as f:
-      json.dump(spec.to_dict(), f, indent=2, sort_keys=True)
-      f.write("\n")
-    if os.path.isdir(directory):
-      os.rmdir(directory)  # empty (checked above)
-    os.rename(tmp, directory)
+    if primary:
+      with open(os.path.join(tmp, SPEC_FILE), "w", encoding="utf-8") as f:
+        json.dump(spec.to_dict(), f, indent=2, sort_keys=True)
+        f.write("\n")
+      if os.path.isdir(directory):
+        os.rmdir(directory)  # empty (checked above)
+      os.rename(tmp, directory)
+    _sync(multi, f"save_params published {directory}")
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    if primary:
+      shutil.rmtree(tmp, ignore_errors=True)
     raise
   return directory
+
+
+def _sync(multi: bool, name: str) -> None:
+  if multi:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
 
 
 def load_spec(directory: str) -> DiTSpec:

@@ -9,7 +9,8 @@ Sample:
 32x32 RGB videos with 16-pixel sprites -> toy space-to-depth latents 16x16x16 -> 4x4 latent
 patches (8x8 pixels) = 16 tokens per frame, 48 per chunk of 3 frames, 192 per training window of 4
 chunks; batch 8, 1600 steps. The head predicts clean latents (x-prediction): with 256 values per
-token a v-predicting head of width 128 cannot reproduce the input noise, an x0 head need not.
+token a v-predicting head of width 128 cannot reproduce the input noise, an x0 head need not; the
+loss is the MSE on x0 (`train.loss_weight="x0"`), which keeps the high noise levels in training.
 Sampling jumps to the predicted clean chunk and re-noises (8 x0 steps, the `dmd` solver): Euler
 steps of this small model let several tokens grow a sprite at once (several blobs per frame), the
 re-noised x0 jumps keep one. A scene's sprite starts centred (its first frame is a function of its
@@ -60,6 +61,9 @@ def get_config(arg: str = ""):
   c.train.warmup_steps = 50
   c.train.ema_decay = 0.99           # short run: a short EMA horizon (~100 steps)
   c.train.text_dropout = 0.1
+  c.train.loss_weight = "x0"         # MSE on x0 (= t^2-weighted v loss): the v loss weights x0
+                                     # errors by 1/t^2 and starves high t, where the first chunk of
+                                     # a scene must be drawn from its caption (issue 15 note)
   c.train.noise.kind = "cosine"
   c.train.noise.t_min_max = 1.0
   c.train.noise.t_max = 1.0

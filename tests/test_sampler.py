@@ -12,7 +12,7 @@ from blockvid_jax.diffusion import sampler as sampler_lib
 from blockvid_jax.diffusion.sampler import BlockSampler, SamplerSpec
 from blockvid_jax.diffusion.shuffle import shuffle_noise, window_permutation
 from blockvid_jax.generate import sharded_segment_fn
-from blockvid_jax.models import DiTSpec, init_params
+from blockvid_jax.models import CausalDiT, DiTSpec, init_params
 
 SPEC = DiTSpec.preset("tiny")
 HW = (4, 4)
@@ -121,3 +121,44 @@ def test_noise_shuffling_moves_frames_only_inside_windows():
   full = np.asarray(shuffle_noise(jax.random.key(2), prev, fresh, 4, 1.0))
   perm = np.asarray(window_permutation(jax.random.key(2), 3, 4))
   np.testing.assert_allclose(full, np.asarray(prev)[:, perm], rtol=1e-6)
+
+
+def _one_step_setup(params, **kw):
+  """A 1-step Euler sampler (t: 1 -> 0, so x0 = noise - v), the first chunk's context and inputs."""
+  s = make_sampler(solver="euler", num_steps=1, **kw)
+  texts, pooled = _prompts(1)
+  ctx, offset, _ = kvc.read(s.cache, kvc.init(s.cache, 1), pooled[0])
+  noise = jax.random.normal(jax.random.key(7), (1, *s.chunk_shape))
+  return s, texts[0], ctx, offset, noise
+
+
+def _v(s, params, x, t_frames, text, ctx, offset):
+  return CausalDiT(SPEC).apply({"params": params}, x, t_frames, text, ctx, offset,
+                               method=CausalDiT.forward_chunk)[0]
+
+
+def test_guidance_is_the_cfg_formula(params):
+  s, text, ctx, offset, noise = _one_step_setup(params, guidance=3.0)
+  null = jnp.zeros_like(text)
+  assert s.sampler.schedule()[0].tolist() == [1.0]
+  t1 = jnp.ones(noise.shape[:2])
+  v_c = _v(s, params, noise, t1, text, ctx, offset)
+  v_u = _v(s, params, noise, t1, null, ctx, offset)
+  ref = noise - (v_u + 3.0 * (v_c - v_u))
+  out = s.denoise(params, noise, jax.random.key(0), text, null, ctx, offset)
+  assert float(jnp.abs(v_c - v_u).max()) > 1e-3          # the two branches differ
+  np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=2e-5)
+
+
+def test_image_conditioning_reaches_the_model_before_the_final_clamp(params):
+  s, text, ctx, offset, noise = _one_step_setup(params)
+  first = jax.random.normal(jax.random.key(8), (1, 1, *HW, 16))
+  out = s.denoise(params, noise, jax.random.key(0), text, text, ctx, offset, first_frame=first)
+  # The model sees the clean first frame at t = 0 and the noisy rest at t = 1.
+  x_in = jnp.concatenate([first, noise[:, 1:]], axis=1)
+  t_in = jnp.asarray([[0.0, 1.0, 1.0]])
+  ref = noise[:, 1:] - _v(s, params, x_in, t_in, text, ctx, offset)[:, 1:]
+  np.testing.assert_allclose(np.asarray(out[:, 1:]), np.asarray(ref), atol=2e-5)
+  np.testing.assert_array_equal(np.asarray(out[:, :1]), np.asarray(first))
+  free = s.denoise(params, noise, jax.random.key(0), text, text, ctx, offset)
+  assert float(jnp.abs(out[:, 1:] - free[:, 1:]).max()) > 1e-4

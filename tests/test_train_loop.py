@@ -247,3 +247,35 @@ def test_teacher_preview_writes_video(shared, tmp_path, fast_compile):
   path = preview(7, init_params(spec, jax.random.key(0)))
   from blockvid_jax.video_io import read_video  # pylint: disable=import-outside-toplevel
   assert path.endswith("step_000007.mp4") and read_video(path).shape == (6, 16, 48, 3)
+
+
+def test_block_forcing_stage_runs_in_the_shared_trainer(shared, tmp_path, fast_compile):
+  """The Block Forcing stage through `trainer.run`: checkpoint + preview at step 2 (toy data carries
+  a reference video, the preview guard), exact resume to step 3, export of params/params_ema."""
+  from blockvid_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.models import init_params  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.training import block_forcing_loop  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.training.block_forcing_config import (  # pylint: disable=import-outside-toplevel
+      add_block_forcing_defaults, validate_block_forcing)
+
+  def config(total_steps):
+    c = add_block_forcing_defaults(_config(shared, total_steps=total_steps, checkpoint_every=2,
+                                           sample_every=2, sample_chunks=2, log_every=1))
+    c.sample.solver, c.sample.guidance = "dmd", 1.0
+    b = c.train.block_forcing
+    b.generator_init = b.teacher_init = str(tmp_path / "init")
+    b.critic_steps, b.fresh_critic_rollouts = 1, False
+    return c
+
+  spec = validate_block_forcing(config(2))
+  checkpoints.save_params(str(tmp_path / "init" / "params"), spec, init_params(spec, jax.random.key(0)))
+  work = tmp_path / "bf"
+  first = block_forcing_loop.train_and_evaluate(config(2), str(work), devices=jax.devices()[:1])
+  assert not first["interrupted"] and np.isfinite(first["loss"])
+  assert os.path.isdir(work / "checkpoints" / "2")
+  assert os.path.isfile(work / "samples" / "step_000002.mp4")
+  block_forcing_loop.train_and_evaluate(config(3), str(work), devices=jax.devices()[:1])
+  assert [r["step"] for r in _rows(work)] == [1, 2, 3]        # step 3 continued from checkpoint 2
+  for name in ("params", "params_ema"):
+    _, p = checkpoints.load_params(str(work / name))
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(p))

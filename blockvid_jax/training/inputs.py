@@ -13,6 +13,7 @@ import os
 import time
 
 from absl import logging
+import jax
 
 from blockvid_jax.errors import ConfigError
 from blockvid_jax.models.spec import DiTSpec
@@ -30,6 +31,17 @@ def toy_data_config(config, num_chunks: int = 0):
                     num_videos=d.num_videos, num_test_videos=d.num_test_videos,
                     use_digits=d.use_digits, sprite_size=d.sprite_size,
                     sprite_start=d.sprite_start, seed=d.toy_seed)
+
+
+def _build_once(pipeline, data_dir: str, toy):
+  """Builds the toy data on process 0 first (the others wait, then open the finished build)."""
+  if jax.process_count() == 1:
+    return pipeline.build_toy_dataset(data_dir, toy)
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  if jax.process_index() == 0:
+    pipeline.build_toy_dataset(data_dir, toy)
+  multihost_utils.sync_global_devices("toy data built")
+  return pipeline.build_toy_dataset(data_dir, toy)
 
 
 def make_input(config, spec: DiTSpec, workdir: str, local_batch: int):
@@ -55,7 +67,7 @@ def make_input(config, spec: DiTSpec, workdir: str, local_batch: int):
   data_dir = os.path.abspath(d.data_dir or os.path.join(workdir, "data"))
   toy = toy_data_config(config)
   t0 = time.monotonic()
-  builder = pipeline.build_toy_dataset(data_dir, toy)
+  builder = _build_once(pipeline, data_dir, toy)
   logging.info("toy data %s ready in %s (%.1fs)", toy.name, data_dir, time.monotonic() - t0)
   dataset = pipeline.make_dataset(builder.as_data_source("train"), batch_size=local_batch,
                                   window_chunks=d.window_chunks, frames_per_chunk=d.frames_per_chunk,

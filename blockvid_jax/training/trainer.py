@@ -96,22 +96,44 @@ def make_mesh(config, devices: Optional[Sequence[Any]]):
 
 
 def export_params(workdir: str, spec: DiTSpec, state) -> None:
-  """Writes DIR/params (and DIR/params_ema) in the shared params format (`blockvid_jax.checkpoints`)."""
-  if jax.process_count() > 1:
-    logging.info("multi-process run: not exporting params (use the training checkpoint)")
-    return
+  """Writes DIR/params (and DIR/params_ema) in the shared params format (`blockvid_jax.checkpoints`).
+
+  Every process takes part: each writes its shards of the (sharded) params through orbax.
+  """
   from blockvid_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  multi = jax.process_count() > 1
+  primary = jax.process_index() == 0
   trees = {"params": state.params}
   if state.ema_params is not None:
     trees["params_ema"] = state.ema_params
   for name, tree in trees.items():
     target = os.path.join(workdir, name)
     tmp = target + ".new"
-    shutil.rmtree(tmp, ignore_errors=True)
-    checkpoints.save_params(tmp, spec, jax.device_get(tree))
-    shutil.rmtree(target, ignore_errors=True)
-    os.rename(tmp, target)
+    if primary:
+      shutil.rmtree(tmp, ignore_errors=True)
+    sync_processes(f"export {name}: staged")
+    checkpoints.save_params(tmp, spec, tree if multi else jax.device_get(tree))
+    if primary:
+      shutil.rmtree(target, ignore_errors=True)
+      os.rename(tmp, target)
+    sync_processes(f"export {name}: published")
   logging.info("exported %s to %s", " and ".join(trees), workdir)
+
+
+def sync_processes(name: str) -> None:
+  """A barrier across processes (no-op with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
+def host_params(params: Any) -> Any:
+  """Params for a host-side consumer (previews): every process takes part in gathering sharded
+  multi-process params to NumPy; one process returns them unchanged."""
+  if jax.process_count() == 1:
+    return params
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return multihost_utils.process_allgather(params, tiled=True)
 
 
 class MetricSink:
@@ -148,9 +170,9 @@ def tokens_per_step(config, spec: DiTSpec) -> int:
           (config.video.latent_width // spec.patch_size[2]))
 
 
-def _make_preview(config, spec, preparer, reference, workdir: str, is_main: bool):
+def _make_preview(config, spec, preparer, reference, workdir: str):
   t = config.train
-  if not (t.sample_every and is_main):
+  if not t.sample_every:
     return None
   if reference is None:
     logging.warning("train.sample_every: no sample videos for data.kind=%r (no built-in decoder)",
@@ -202,7 +224,7 @@ def run(config, workdir: str, stage: StageDef, *,
                                               msg="parameter overview")
     writer.write_hparams(config.to_dict() if hasattr(config, "to_dict") else {})
   step_rng = jax.random.fold_in(key, 1)
-  preview = _make_preview(config, spec, preparer, reference, workdir, is_main)
+  preview = _make_preview(config, spec, preparer, reference, workdir)
   use_ema = state.ema_params is not None
 
   step = first_step = int(state.step)
@@ -227,9 +249,11 @@ def run(config, workdir: str, stage: StageDef, *,
         if save_now:
           checkpoint.save(manager, step, state, it)
           last_saved = step
-        if sample_now:
-          path = preview(step, state.ema_params if use_ema else state.params)
-          logging.info("step %d: wrote sample %s", step, path)
+        if sample_now:   # every process gathers; process 0 samples and writes the video
+          params = host_params(state.ema_params if use_ema else state.params)
+          if is_main:
+            path = preview(step, params)
+            logging.info("step %d: wrote sample %s", step, path)
         progress(step)
       interrupted = interrupted or bool(stop)
     sink.flush()
