@@ -1,7 +1,7 @@
 """Stage `causal` at real scale: Wan2.1-T2V-1.3B adapted to block-causal generation (TPU / GPU).
 
   launch/tpu_vm.sh TPU_NAME ZONE train --config configs/wan_1_3b_causal.py \
-      --workdir gs://bucket/runs/causal --config.data.data_dir=/data/wan_latents \
+      --workdir /mnt/bucket/runs/causal --config.data.data_dir=/data/wan_latents \
       --config.train.init_from=/ckpt/wan_1_3b        # (launch/gpu_multinode.sh on GPU hosts)
 
 Data: a `latent_folder` (blockvid_jax/data/latent_folder.py): Wan VAE latents (480x832 -> 60x104,

@@ -6,7 +6,7 @@
 #
 # A single host needs none of the variables (all local GPUs form the mesh). Under SLURM,
 # jax.distributed.initialize() reads the SLURM variables itself: set BLOCKVID_DISTRIBUTED=1 only.
-# --workdir must be shared by all hosts (NFS, or gs://...); after a failure, run the same command
+# --workdir must be shared by all hosts (NFS, or a bucket mounted with gcsfuse); after a failure, run the same command
 # again on every host: training resumes from the newest checkpoint. DRY_RUN=1 prints the command.
 set -euo pipefail
 if [[ $# -lt 1 ]]; then

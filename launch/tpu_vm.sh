@@ -2,7 +2,7 @@
 # Launch blockvid_jax on a Cloud TPU VM or pod slice (every worker runs the same command;
 # `jax.distributed.initialize()` finds the other hosts by itself on TPU).
 #
-#   launch/tpu_vm.sh TPU_NAME ZONE train --config configs/wan_1_3b_causal.py --workdir gs://BUCKET/run1
+#   launch/tpu_vm.sh TPU_NAME ZONE train --config configs/wan_1_3b_causal.py --workdir /mnt/bucket/run1
 #   launch/tpu_vm.sh TPU_NAME ZONE sample --config configs/dit.py:wan_1_3b --checkpoint DIR ...
 #
 # Env:
@@ -12,8 +12,9 @@
 #   SETUP=1             install it on every worker (requirements + jax[tpu] of the pinned version)
 #   REPO_DIR            path of the repository on the workers (default ~/blockvid_jax)
 #   DRY_RUN=1           print the commands instead of running them
-# Checkpoints, metrics and TensorBoard logs go to --workdir (use gs://...: every worker writes its
-# own shards there). After a preemption, run the same command again: training resumes from the
+# Checkpoints, metrics, TensorBoard logs and exported params go to --workdir: a path every worker
+# sees (e.g. a bucket mounted with gcsfuse; gs:// URLs are not supported yet), where every worker
+# writes its own shards. After a preemption, run the same command again: training resumes from the
 # newest checkpoint in the work directory.
 set -euo pipefail
 if [[ $# -lt 3 ]]; then
