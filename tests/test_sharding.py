@@ -47,7 +47,11 @@ def test_params_have_declared_shardings(mesh):
   assert q.addressable_shards[0].data.shape == (SPEC.num_layers, 48 // 2, 48 // 2)
 
 
-def test_sharded_forward_equals_single_device(mesh):
+@pytest.mark.parametrize("shape", [None, {"data": 1, "fsdp": 2, "context": 2, "tensor": 2}],
+                         ids=["data2_fsdp2_tensor2", "fsdp2_context2_tensor2"])
+def test_sharded_forward_equals_single_device(mesh, shape):
+  if shape is not None:   # sequence parallel: activations' token axis split over `context`
+    mesh = parallel.make_mesh(shape)
   params1 = init_params(SPEC, jax.random.key(0))
   params8, shardings = parallel.sharded_init(functools.partial(init_boxed, SPEC), mesh,
                                              jax.random.key(0))
@@ -64,5 +68,7 @@ def test_sharded_forward_equals_single_device(mesh):
                                 batch(None, None)),
                   out_shardings=batch(None, None, None, None))
     out = fwd(params8, lat, t, ctx)
+    if shape is not None:   # the token axis of the activations is constrained to `context`
+      assert '{"context"}' in fwd.lower(params8, lat, t, ctx).as_text()
   assert len(out.sharding.device_set) == 8
   assert float(jnp.abs(out - ref).max()) < 1e-5
