@@ -22,8 +22,9 @@ import jax
 from flax import traverse_util
 
 from blockvid_jax.models.params import abstract_params
+from blockvid_jax.parallel.distributed import sync_processes
 from blockvid_jax.models.spec import DiTSpec
-from blockvid_jax.errors import CheckpointError, ConfigError
+from blockvid_jax.errors import CheckpointError, ConfigError, describe
 
 SPEC_FILE = "spec.json"
 PARAMS_DIR = "params"
@@ -31,9 +32,6 @@ PARAMS_DIR = "params"
 RUNTIME_FIELDS = ("dtype", "param_dtype", "remat_policy", "attention_impl", "frames_per_chunk")
 
 
-def _first_line(e: BaseException) -> str:
-  text = str(e).strip()
-  return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def is_params_checkpoint(directory: str) -> bool:
@@ -58,7 +56,7 @@ def _check_tree(spec: DiTSpec, params: Any) -> None:
   try:
     got = traverse_util.flatten_dict(params)
   except Exception as e:  # noqa: BLE001
-    raise CheckpointError(f"params must be a nested dict (the Flax params tree): {_first_line(e)}")
+    raise CheckpointError(f"params must be a nested dict (the Flax params tree): {describe(e)}")
   if set(got) != set(want):
     diff = sorted("/".join(p) for p in set(got) ^ set(want))
     raise CheckpointError(f"params do not match the spec's parameter tree: {diff[:5]}")
@@ -89,7 +87,7 @@ def save_params(directory: str, spec: DiTSpec, params: Any) -> str:
     if primary:
       shutil.rmtree(tmp, ignore_errors=True)
       os.makedirs(tmp)
-    _sync(multi, f"save_params staged {directory}")
+    sync_processes(f"save_params staged {directory}")
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(os.path.join(tmp, PARAMS_DIR), params)
       checkpointer.wait_until_finished()
@@ -100,18 +98,12 @@ def save_params(directory: str, spec: DiTSpec, params: Any) -> str:
       if os.path.isdir(directory):
         os.rmdir(directory)  # empty (checked above)
       os.rename(tmp, directory)
-    _sync(multi, f"save_params published {directory}")
+    sync_processes(f"save_params published {directory}")
   except BaseException:
     if primary:
       shutil.rmtree(tmp, ignore_errors=True)
     raise
   return directory
-
-
-def _sync(multi: bool, name: str) -> None:
-  if multi:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices(name)
 
 
 def load_spec(directory: str) -> DiTSpec:
@@ -125,7 +117,7 @@ def load_spec(directory: str) -> DiTSpec:
     with open(path, encoding="utf-8") as f:
       return DiTSpec.from_config(json.load(f))
   except (OSError, ValueError, TypeError) as e:  # ConfigError is a ValueError
-    raise CheckpointError(f"bad {path}: {_first_line(e)}") from e
+    raise CheckpointError(f"bad {path}: {describe(e)}") from e
 
 
 def _spec_mismatch(stored: DiTSpec, given: DiTSpec) -> list[str]:
@@ -162,7 +154,7 @@ def load_params(directory: str, spec: Optional[DiTSpec] = None,
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   except ValueError as e:
     raise CheckpointError(f"shardings do not match the params tree of {directory}: "
-                          f"{_first_line(e)}") from e
+                          f"{describe(e)}") from e
   path = os.path.join(directory, PARAMS_DIR)
   try:
     with ocp.StandardCheckpointer() as checkpointer:
@@ -171,7 +163,7 @@ def load_params(directory: str, spec: Optional[DiTSpec] = None,
   except CheckpointError:
     raise
   except (ValueError, KeyError, OSError, TypeError, AttributeError) as e:
-    raise CheckpointError(f"cannot restore {path}: {_first_line(e)}") from e
+    raise CheckpointError(f"cannot restore {path}: {describe(e)}") from e
   return spec, params
 
 

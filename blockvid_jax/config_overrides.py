@@ -14,6 +14,7 @@ is the argparse path (LV-Bench).
 from __future__ import annotations
 
 import ast
+import copy
 import difflib
 import os
 import sys
@@ -113,11 +114,9 @@ def split_override(item: str) -> tuple[str, str]:
 
 
 def check_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
-  """Raises ConfigError for the first override whose key is unknown or whose value is mistyped."""
-  for item in overrides:
-    key, text = split_override(item)
-    node, leaf = _lookup(config, key, item)
-    parse_value(key, node[leaf], text, item)
+  """Raises ConfigError for the first override whose key is unknown or whose value is mistyped
+  (`config` itself is left unchanged)."""
+  apply_overrides(copy.deepcopy(config), overrides)
 
 
 def apply_overrides(config: ml_collections.ConfigDict,

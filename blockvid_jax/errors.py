@@ -14,6 +14,15 @@ def one_line(message) -> str:
   return " ".join(str(message).split())
 
 
+def describe(e: BaseException, limit: int = 200) -> str:
+  """`Type: first line of the message` (cut to `limit` characters) of a library's exception."""
+  text = str(e).strip()
+  line = text.splitlines()[0] if text else ""
+  if len(line) > limit:
+    line = line[:limit - 3] + "..."
+  return f"{type(e).__name__}: {line}" if line else type(e).__name__
+
+
 class BlockvidError(Exception):
   """Base of the user-facing errors; the message is always one line."""
 

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from blockvid_jax.errors import ConvertError
+from blockvid_jax.errors import ConvertError, describe
 
 
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -51,7 +51,7 @@ class TensorRef:
     except ConvertError:
       raise
     except Exception as e:  # noqa: BLE001 - any reader failure is a one-line user error
-      raise ConvertError(f"cannot read tensor {self.key!r} from {self.file}: {_first_line(e)}") from e
+      raise ConvertError(f"cannot read tensor {self.key!r} from {self.file}: {describe(e)}") from e
 
 
 @dataclasses.dataclass
@@ -69,12 +69,6 @@ class Checkpoint:
 
 
 # ------------------------------------------------------------------ helpers
-def _first_line(e: BaseException, limit: int = 200) -> str:
-  text = str(e).strip()
-  line = text.splitlines()[0] if text else ""
-  if len(line) > limit:
-    line = line[:limit - 3] + "..."
-  return f"{type(e).__name__}: {line}" if line else type(e).__name__
 
 
 def _read_json(path: str) -> Any:
@@ -82,7 +76,7 @@ def _read_json(path: str) -> Any:
     with open(path, encoding="utf-8") as f:
       return json.load(f)
   except (OSError, ValueError) as e:
-    raise ConvertError(f"cannot read {path}: {_first_line(e)}") from e
+    raise ConvertError(f"cannot read {path}: {describe(e)}") from e
 
 
 def read_config(path: str) -> dict[str, Any]:
@@ -104,7 +98,7 @@ def _read_safetensors(path: str, handles: list) -> dict[str, TensorRef]:
       refs[key] = TensorRef(key, tuple(int(d) for d in sl.get_shape()), str(sl.get_dtype()), path,
                             functools.partial(handle.get_tensor, key))
   except Exception as e:  # noqa: BLE001 - SafetensorError is not exported in a stable place
-    raise ConvertError(f"cannot read safetensors file {path}: {_first_line(e)}") from e
+    raise ConvertError(f"cannot read safetensors file {path}: {describe(e)}") from e
   handles.append(handle)
   return refs
 
@@ -163,7 +157,7 @@ def _read_torch(path: str) -> dict[str, TensorRef]:
     try:
       obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-      raise ConvertError(f"cannot read {path} with torch.load: {_first_line(e)}") from e
+      raise ConvertError(f"cannot read {path} with torch.load: {describe(e)}") from e
   refs: dict[str, TensorRef] = {}
 
   def walk(node, prefix: str):

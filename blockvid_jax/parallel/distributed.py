@@ -23,3 +23,10 @@ def maybe_initialize() -> bool:
                   process_id=int(os.environ["JAX_PROCESS_ID"]))
   jax.distributed.initialize(**kwargs)
   return True
+
+
+def sync_processes(name: str) -> None:
+  """A barrier across all processes named `name` (no-op with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)

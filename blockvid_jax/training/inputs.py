@@ -17,6 +17,7 @@ import jax
 
 from blockvid_jax.errors import ConfigError
 from blockvid_jax.models.spec import DiTSpec
+from blockvid_jax.parallel.distributed import sync_processes
 from blockvid_jax.training import batches
 
 
@@ -37,10 +38,9 @@ def _build_once(pipeline, data_dir: str, toy):
   """Builds the toy data on process 0 first (the others wait, then open the finished build)."""
   if jax.process_count() == 1:
     return pipeline.build_toy_dataset(data_dir, toy)
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   if jax.process_index() == 0:
     pipeline.build_toy_dataset(data_dir, toy)
-  multihost_utils.sync_global_devices("toy data built")
+  sync_processes("toy data built")
   return pipeline.build_toy_dataset(data_dir, toy)
 
 

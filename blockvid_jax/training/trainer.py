@@ -32,6 +32,7 @@ from absl import logging
 from blockvid_jax import parallel
 from blockvid_jax.errors import ConfigError, MeshError, NonFiniteLossError
 from blockvid_jax.models.spec import DiTSpec
+from blockvid_jax.parallel.distributed import sync_processes
 from blockvid_jax.training import batches, checkpoint, inputs, steps
 from blockvid_jax.training.metric_writer import MetricWriter, create_default_writer
 from blockvid_jax.training.progress import ReportProgress
@@ -118,13 +119,6 @@ def export_params(workdir: str, spec: DiTSpec, state) -> None:
       os.rename(tmp, target)
     sync_processes(f"export {name}: published")
   logging.info("exported %s to %s", " and ".join(trees), workdir)
-
-
-def sync_processes(name: str) -> None:
-  """A barrier across processes (no-op with one process)."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices(name)
 
 
 def host_params(params: Any) -> Any:
