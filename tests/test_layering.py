@@ -27,10 +27,21 @@ LAYERS = {
 }
 
 
-def _modules():
+def _parse_all():
   for path in sorted(ROOT.rglob("*.py")):
     parts = path.relative_to(ROOT).with_suffix("").parts
     yield path, parts[0], ast.parse(path.read_text(encoding="utf-8"))
+
+
+# Parsed when pytest collects this module, before any test runs in the process: CPython 3.11.7's
+# ast.parse can fail with "SystemError: AST constructor recursion depth mismatch" after other tests
+# (JAX tracing) ran in the same process.
+_PARSED = list(_parse_all())
+_MADE_UP = ast.parse("from blockvid_jax.training import loop\nfrom blockvid_jax.models.params import _x\n")
+
+
+def _modules():
+  return iter(_PARSED)
 
 
 def _imports(tree):
@@ -85,9 +96,8 @@ def test_no_private_names_across_modules():
   assert not bad, "\n".join(bad)
 
 
-def test_the_checker_sees_an_upward_import(tmp_path):
+def test_the_checker_sees_an_upward_import():
   """The graph walk itself: an upward and a private import in a made-up module are reported."""
-  tree = ast.parse("from blockvid_jax.training import loop\nfrom blockvid_jax.models.params import _x\n")
-  found = list(_imports(tree))
+  found = list(_imports(_MADE_UP))
   assert found == [("blockvid_jax.training", ["loop"]), ("blockvid_jax.models.params", ["_x"])]
   assert LAYERS[_unit(*found[0])[0]] > LAYERS["models"]

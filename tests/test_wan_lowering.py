@@ -14,7 +14,7 @@ from blockvid_jax.diffusion.sampler import build_sampler
 from blockvid_jax.parallel import activation_rules
 from blockvid_jax.training import block_forcing as bf
 from blockvid_jax.training import block_forcing_config as bfc
-from blockvid_jax.training import optim, state as state_lib, steps, trainer
+from blockvid_jax.training import loop, state as state_lib, steps, trainer
 from blockvid_jax.training.config import validate_train
 from blockvid_jax.training.self_forcing import SelfForcingRollout
 
@@ -52,22 +52,15 @@ def _per_device_count(tree):
 def test_wan_causal_step_lowers_on_8_devices(name):
   c, mesh, rules = _setup(name)
   assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "context": 1, "tensor": 2}
-  spec, t = validate_train(c), c.train
-  tx, schedule = optim.make_optimizer(
-      learning_rate=t.learning_rate, total_steps=t.total_steps, warmup_steps=t.warmup_steps,
-      min_lr_ratio=t.min_lr_ratio, weight_decay=t.weight_decay, b1=t.b1, b2=t.b2,
-      grad_clip=t.grad_clip)
-  use_ema = t.ema_decay > 0
+  spec = validate_train(c)
+  tx, schedule = loop.optimizer(c)
+  use_ema = c.train.ema_decay > 0
   state = state_lib.abstract_train_state(spec, tx, mesh, rules, use_ema)
   assert _param_count(state.params) == 1_418_996_800
   shardings = state_lib.state_shardings(spec, tx, mesh, rules, use_ema)
   bs, batch = _abstract_batch(c, mesh, rules)
-  settings = steps.StepSettings(stage=t.stage, noise_kind=t.noise.kind,
-                                t_min_max=t.noise.t_min_max, t_max=t.noise.t_max,
-                                shift=t.noise.shift, text_dropout=t.text_dropout,
-                                ema_decay=t.ema_decay, loss_weight=t.loss_weight)
-  fn = steps.jit_train_step(steps.make_train_step(spec, tx, schedule, settings), mesh, shardings,
-                            bs, rules)
+  step_fn = steps.make_train_step(spec, tx, schedule, loop.step_settings(c))
+  fn = steps.jit_train_step(step_fn, mesh, shardings, bs, rules)
   with activation_rules(mesh, rules):
     lowered = fn.jitted.lower(state, batch, jax.random.key(0))
   assert "sharding" in lowered.as_text()

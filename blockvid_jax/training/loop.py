@@ -17,13 +17,28 @@ from blockvid_jax.training import init_from, optim, state as state_lib, steps, t
 from blockvid_jax.training.config import validate_train
 
 
-def build_stage(ctx: trainer.StageContext) -> trainer.Stage:
-  """The train state (restored, or fresh / `train.init_from`) and the jitted step of the stage."""
-  config, spec, t = ctx.config, ctx.spec, ctx.config.train
-  tx, schedule = optim.make_optimizer(
+def optimizer(config):
+  """-> (AdamW with warmup + cosine decay and clipping, its learning-rate schedule) of `config.train`."""
+  t = config.train
+  return optim.make_optimizer(
       learning_rate=t.learning_rate, total_steps=t.total_steps, warmup_steps=t.warmup_steps,
       min_lr_ratio=t.min_lr_ratio, weight_decay=t.weight_decay, b1=t.b1, b2=t.b2,
       grad_clip=t.grad_clip)
+
+
+def step_settings(config) -> steps.StepSettings:
+  """The static settings of the causal/teacher step from `config.train`."""
+  t = config.train
+  return steps.StepSettings(stage=t.stage, noise_kind=t.noise.kind, t_min_max=t.noise.t_min_max,
+                            t_max=t.noise.t_max, shift=t.noise.shift,
+                            text_dropout=t.text_dropout, ema_decay=t.ema_decay,
+                            loss_weight=t.loss_weight)
+
+
+def build_stage(ctx: trainer.StageContext) -> trainer.Stage:
+  """The train state (restored, or fresh / `train.init_from`) and the jitted step of the stage."""
+  config, spec, t = ctx.config, ctx.spec, ctx.config.train
+  tx, schedule = optimizer(config)
   use_ema = t.ema_decay > 0
   shardings = state_lib.state_shardings(spec, tx, ctx.mesh, ctx.rules, use_ema)
   state = ctx.restore(state_lib.abstract_train_state(spec, tx, ctx.mesh, ctx.rules, use_ema))
@@ -36,12 +51,8 @@ def build_stage(ctx: trainer.StageContext) -> trainer.Stage:
                  f"from {t.init_from}" if t.init_from else "random init")
   else:
     logging.info("resumed from checkpoint step %d", int(state.step))
-  settings = steps.StepSettings(stage=t.stage, noise_kind=t.noise.kind,
-                                t_min_max=t.noise.t_min_max, t_max=t.noise.t_max,
-                                shift=t.noise.shift, text_dropout=t.text_dropout,
-                                ema_decay=t.ema_decay, loss_weight=t.loss_weight)
-  train_step = steps.jit_train_step(steps.make_train_step(spec, tx, schedule, settings), ctx.mesh,
-                                    shardings, ctx.batch_sharding, ctx.rules)
+  step_fn = steps.make_train_step(spec, tx, schedule, step_settings(config))
+  train_step = steps.jit_train_step(step_fn, ctx.mesh, shardings, ctx.batch_sharding, ctx.rules)
   return trainer.Stage(state=state, train_step=train_step)
 
 

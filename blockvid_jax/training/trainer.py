@@ -30,7 +30,7 @@ import numpy as np
 from absl import logging
 
 from blockvid_jax import parallel
-from blockvid_jax.errors import ConfigError, MeshError, NonFiniteLossError
+from blockvid_jax.errors import ConfigError, NonFiniteLossError
 from blockvid_jax.models.spec import DiTSpec
 from blockvid_jax.parallel.distributed import sync_processes
 from blockvid_jax.training import batches, checkpoint, inputs, steps
@@ -88,12 +88,9 @@ class StopFlag:
 
 
 def make_mesh(config, devices: Optional[Sequence[Any]]):
-  """The mesh of `config.mesh` over `devices` (default all); a bad shape is a ConfigError."""
-  shape = {a: config.mesh[a] for a in parallel.MESH_AXES}
-  try:
-    return parallel.make_mesh(shape, devices)
-  except MeshError as e:
-    raise ConfigError(str(e)) from None
+  """The mesh of `config.mesh` over `devices` (default all); a bad shape is a MeshError (a
+  ConfigError)."""
+  return parallel.make_mesh({a: config.mesh[a] for a in parallel.MESH_AXES}, devices)  # MeshError
 
 
 def export_params(workdir: str, spec: DiTSpec, state) -> None:
