@@ -21,17 +21,15 @@ from typing import Any, Optional
 import jax
 from flax import traverse_util
 
-from blockvid_jax.models.params import abstract_params
-from blockvid_jax.parallel.distributed import sync_processes
-from blockvid_jax.models.spec import DiTSpec
 from blockvid_jax.errors import CheckpointError, ConfigError, describe
+from blockvid_jax.models.params import abstract_params
+from blockvid_jax.models.spec import DiTSpec
+from blockvid_jax.parallel.distributed import sync_processes
 
 SPEC_FILE = "spec.json"
 PARAMS_DIR = "params"
 # Spec fields that choose how the model runs, not what it is: they may differ from the stored spec.
 RUNTIME_FIELDS = ("dtype", "param_dtype", "remat_policy", "attention_impl", "frames_per_chunk")
-
-
 
 
 def is_params_checkpoint(directory: str) -> bool:
