@@ -167,12 +167,15 @@ def encode_image(config, vae, path: str) -> jax.Array:
 
 
 def encode_chunks(encoder, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array]:
-  """Per-chunk prompts -> (texts [C, 1, T, E], pooled [C, 1, E]); each distinct prompt encoded once."""
+  """Per-chunk prompts -> (texts [C, 1, T, E], pooled [C, 1, E]) as host arrays; each distinct
+  prompt encoded once, in a batch padded to a power of two (so later videos with a similar number of
+  prompts reuse the encoder's compilation) and picked per chunk on the host (no per-length compile)."""
   unique = sorted(set(prompts))
-  emb, _, pooled = encoder.encode(unique)
+  bucket = 1 << (len(unique) - 1).bit_length()
+  emb, _, pooled = encoder.encode(unique + unique[-1:] * (bucket - len(unique)))
   row = {p: i for i, p in enumerate(unique)}
   idx = np.asarray([row[p] for p in prompts])
-  return emb[idx][:, None], pooled[idx][:, None]
+  return np.asarray(emb)[idx][:, None], np.asarray(pooled)[idx][:, None]
 
 
 def load_or_init(config, spec: DiTSpec, checkpoint: Optional[str], warn: Callable[[str], None]):
@@ -204,9 +207,10 @@ def sharded_segment_fn(sampler: BlockSampler, spec: DiTSpec, mesh, batch: int):
   out_sh = parallel.named(mesh, None, "activation_batch", None, None, None, None, rules=rules)
   fn = sampler.make_segment_fn(s_sh, p_sh, out_sh)
 
-  def call(*args):
+  def call(params, state, *args):
+    state = jax.device_put(state, s_sh)  # a fresh state traces like a carried one (no retrace)
     with parallel.activation_rules(mesh, rules):
-      return fn(*args)
+      return fn(params, state, *args)
   return call, p_sh
 
 

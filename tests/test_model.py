@@ -103,7 +103,9 @@ def test_padded_context_slots_are_ignored(params):
                      mask=jnp.concatenate([kv.mask, jnp.zeros((2, 7), bool)], 1))
   out, _ = model.apply({"params": params}, lat[:, sl], t[:, sl], ctx, padded, 6,
                        method=CausalDiT.forward_chunk)
-  assert float(jnp.abs(out - ref).max()) < 1e-6
+  # Masked junk (scale 50) would move the output by O(1); the longer softmax reduction moves it by a
+  # few float32 ulps of values ~1.
+  assert float(jnp.abs(out - ref).max()) < 4e-6
 
 
 def test_teacher_forcing_equals_cache_written_from_clean_chunks(params):

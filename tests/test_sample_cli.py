@@ -94,3 +94,26 @@ def test_npy_latents_output(tmp_path):
   path = generate.save_output(str(tmp_path / "x.npy"), lat, None, 8)
   np.testing.assert_array_equal(np.load(path), lat)
   assert os.listdir(tmp_path) == ["x.npy"]
+
+
+def test_second_generate_compiles_nothing():
+  """A Colab user sampling a second video in the same process pays no compilation: the jitted
+  segment is cached per sampler, prompts are encoded in power-of-two batches; a different chunk
+  count reuses the segment too (no retrace)."""
+  from jax import monitoring  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.config_overrides import load_config_file  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.diffusion import engine  # pylint: disable=import-outside-toplevel
+  config = load_config_file(CONFIG)
+  compiles = []
+  monitoring.register_event_duration_secs_listener(
+      lambda name, secs, **kw: compiles.append(name) if "backend_compile" in name else None)
+  quiet = dict(progress=False, warn=lambda m: None)
+  first, _ = generate.generate(config, ["a red circle", "a red cross", "a cyan square"], 4, 0, **quiet)
+  assert compiles                                                     # the listener sees compiles
+  before, traced = len(compiles), engine.TRACE_COUNTS["step"]
+  second, _ = generate.generate(config, ["a green square", "a blue cross", "a red circle",
+                                         "a cyan cross"], 4, 1, **quiet)       # 3 and 4 prompts: batch 4
+  assert len(compiles) == before, compiles[before:]
+  assert float(np.abs(first - second).max()) > 1e-3                   # a different video
+  generate.generate(config, ["a red circle"], 6, 0, **quiet)
+  assert engine.TRACE_COUNTS["step"] == traced                        # the segment is not retraced

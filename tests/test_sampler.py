@@ -8,7 +8,7 @@ import pytest
 
 from blockvid_jax import cache as kvc
 from blockvid_jax import parallel
-from blockvid_jax.diffusion import sampler as sampler_lib
+from blockvid_jax.diffusion import engine as engine_lib
 from blockvid_jax.diffusion.sampler import BlockSampler, SamplerSpec
 from blockvid_jax.diffusion.shuffle import shuffle_noise, window_permutation
 from blockvid_jax.generate import sharded_segment_fn
@@ -61,22 +61,35 @@ def test_sharded_rollout_equals_single_device(params):
 def test_one_compilation_for_any_number_of_chunks(params):
   s = make_sampler(shuffle_mix=0.3)
   fn = s.make_segment_fn()
+  assert s.make_segment_fn() is fn                 # cached per sampler: a second video compiles nothing
   counts = []
-  for n in (4, 40):
-    before = sampler_lib.TRACE_COUNTS["chunk_step"]
+  for n in (4, 40, 5):
+    before = engine_lib.TRACE_COUNTS["step"]
     texts, pooled = _prompts(n)
-    out = s.sample(params, texts, pooled, jax.random.key(0), segment_fn=fn)
+    out = s.sample(params, texts, pooled, jax.random.key(0))
     assert out.shape[1] == n * 3
-    counts.append(sampler_lib.TRACE_COUNTS["chunk_step"] - before)
-  assert counts[0] >= 1 and counts[1] == 0  # the 40-chunk rollout reuses the 4-chunk compilation
-  # A fresh jitted function traces the body the same number of times for both lengths.
-  fresh = []
-  for n in (4, 40):
-    before = sampler_lib.TRACE_COUNTS["chunk_step"]
-    texts, pooled = _prompts(n)
-    s.sample(params, texts, pooled, jax.random.key(0), segment_fn=s.make_segment_fn())
-    fresh.append(sampler_lib.TRACE_COUNTS["chunk_step"] - before)
-  assert fresh[0] == fresh[1] == counts[0]
+    counts.append(engine_lib.TRACE_COUNTS["step"] - before)
+  # The 40-chunk rollout and the 5-chunk one (its last segment padded) reuse the 4-chunk compilation.
+  assert counts[0] >= 1 and counts[1] == counts[2] == 0
+
+
+def test_padding_chunks_are_skipped_and_leave_the_state_alone(params):
+  """An odd number of chunks pads the last 2-chunk segment; the padded chunk does not run: the state
+  after 3 chunks equals the state after a segment with the third chunk alone active."""
+  s = make_sampler()
+  texts, pooled = _prompts(3)
+  null = jnp.zeros_like(texts[0])
+  fn = s.make_segment_fn()
+  st = s.init_state(1, jax.random.key(4))
+  st, _ = fn(params, st, texts[:2], pooled[:2], null, None, jnp.array([True, True]))
+  st_pad, out = fn(params, jax.tree_util.tree_map(jnp.copy, st), texts[jnp.array([2, 2])], pooled[jnp.array([2, 2])], null,
+                   None, jnp.array([True, False]))
+  st_one, one = s.chunk_step(params, st, texts[2], pooled[2], null)
+  np.testing.assert_allclose(np.asarray(out[0]), np.asarray(one), atol=1e-5)  # jit vs eager
+  assert not np.asarray(out[1]).any()                               # skipped: zeros
+  assert int(st_pad.chunk) == int(st_one.chunk) == 3
+  np.testing.assert_allclose(np.asarray(st_pad.kv.local_k), np.asarray(st_one.kv.local_k), atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(st_pad.kv.bank_chunk), np.asarray(st_one.kv.bank_chunk))
 
 
 def test_image_conditioning_keeps_first_frame(params):

@@ -67,25 +67,35 @@ def _split_heads(x: Array, num_heads: int) -> Array:
   return x.reshape(*x.shape[:-1], num_heads, x.shape[-1] // num_heads)  # [B, L, N, H]
 
 
-def _project_qkv(mod: nn.Module, x: Array, kv_src: Array) -> tuple[Array, Array, Array]:
-  """q from x [B, L, D], k/v from kv_src [B, S, D]: Linear, RMSNorm over D on q and k, head split.
+def _project_q(mod: nn.Module, x: Array) -> Array:
+  """q from x [B, L, D]: Linear, RMSNorm over D, head split -> [B, L, N, H] (`mod`'s q/norm_q)."""
+  q = dense(mod.dim, ("embed", "heads"), mod.dtype, mod.param_dtype, "q")(x)           # [B, L, D]
+  return _split_heads(RMSNorm(mod.eps, mod.param_dtype, name="norm_q")(q), mod.num_heads)
 
-  Called inside `mod`'s compact method, so the projections are `mod`'s submodules q/k/v/norm_q/norm_k.
+
+def _project_kv(mod: nn.Module, src: Array) -> tuple[Array, Array]:
+  """k, v from src [B, S, D]: Linear, RMSNorm over D on k, head split -> [B, S, N, H] each.
+
+  Called inside `mod`'s compact method, so the projections are `mod`'s submodules k/v/norm_k.
   """
   d, dt, pdt = mod.dim, mod.dtype, mod.param_dtype
-  q = dense(d, ("embed", "heads"), dt, pdt, "q")(x)                          # [B, L, D]
-  k = dense(d, ("embed", "heads"), dt, pdt, "k")(kv_src)                     # [B, S, D]
-  v = dense(d, ("embed", "heads"), dt, pdt, "v")(kv_src)                     # [B, S, D]
-  q = RMSNorm(mod.eps, pdt, name="norm_q")(q)
+  k = dense(d, ("embed", "heads"), dt, pdt, "k")(src)                        # [B, S, D]
+  v = dense(d, ("embed", "heads"), dt, pdt, "v")(src)                        # [B, S, D]
   k = RMSNorm(mod.eps, pdt, name="norm_k")(k)
-  return tuple(_split_heads(a, mod.num_heads) for a in (q, k, v))          # [B, *, N, H]
+  return _split_heads(k, mod.num_heads), _split_heads(v, mod.num_heads)
+
+
+def _project_qkv(mod: nn.Module, x: Array, kv_src: Array) -> tuple[Array, Array, Array]:
+  """q from x [B, L, D], k/v from kv_src [B, S, D] (see `_project_q`, `_project_kv`)."""
+  q = _project_q(mod, x)
+  return (q, *_project_kv(mod, kv_src))                                      # [B, *, N, H]
 
 
 class SelfAttention(nn.Module):
   """Self-attention with q/k RMSNorm and 3D RoPE, attending to [context | own tokens].
 
   Inputs: x [B, L, D]; cos/sin [B, L, H/2] of the tokens; mask [B|1, L, S + L];
-  optional context k, v [B, S, N, H] (pre-RoPE) with ctx_cos/ctx_sin [B, S, H/2].
+  optional context k, v [B, S, N, H]: pre-RoPE with cos/sin [B, S, H/2], or already rotated.
   Returns (out [B, L, D], k [B, L, N, H] pre-RoPE, v [B, L, N, H], saliency [B, L] or None).
   """
   dim: int
@@ -102,7 +112,9 @@ class SelfAttention(nn.Module):
     q_r = rope.apply_rope(q, cos, sin)
     k_r = rope.apply_rope(k, cos, sin)
     if ctx is not None:
-      ck = rope.apply_rope(ctx["k"].astype(k.dtype), ctx["cos"], ctx["sin"])  # [B, S, N, H]
+      ck = ctx["k"].astype(k.dtype)                                         # [B, S, N, H]
+      if "cos" in ctx:  # else rotated once per chunk (`rotate_context`)
+        ck = rope.apply_rope(ck, ctx["cos"], ctx["sin"])
       k_all = jnp.concatenate([ck, k_r], axis=1)                            # [B, S+L, N, H]
       v_all = jnp.concatenate([ctx["v"].astype(v.dtype), v], axis=1)        # [B, S+L, N, H]
     else:
@@ -115,7 +127,11 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-  """Cross-attention to the embedded text [B, T, D] (no RoPE, no mask), q/k RMSNorm."""
+  """Cross-attention to the embedded text [B, T, D] (no RoPE, no mask), q/k RMSNorm.
+
+  With `kv` (the text's keys/values [B, T, N, H] from `TextKV`, computed once per chunk) the text
+  projections are skipped.
+  """
   dim: int
   num_heads: int
   eps: float
@@ -124,9 +140,27 @@ class CrossAttention(nn.Module):
   impl: str = "xla"
 
   @nn.compact
-  def __call__(self, x: Array, text: Array) -> Array:
+  def __call__(self, x: Array, text: Optional[Array], kv: Optional[tuple[Array, Array]] = None
+               ) -> Array:
     d = self.dim
-    q, k, v = _project_qkv(self, x, text)                          # [B, L|T, N, H]
+    q = _project_q(self, x)                                                     # [B, L, N, H]
+    k, v = _project_kv(self, text) if kv is None else (a.astype(q.dtype) for a in kv)  # [B, T, N, H]
     out, _ = attend(q, k, v, None, self.impl)                                   # [B, L, N, H]
     out = out.reshape(*out.shape[:2], d)                                        # [B, L, D]
     return dense(d, ("heads", "embed"), self.dtype, self.param_dtype, "o")(out)
+
+
+class TextKV(nn.Module):
+  """The text's cross-attention keys/values of one layer, text [B, T, D] -> ([B, T, N, H]) * 2.
+
+  Its submodules carry CrossAttention's names (k, v, norm_k), so it runs on a block's weights.
+  """
+  dim: int
+  num_heads: int
+  eps: float
+  dtype: jnp.dtype
+  param_dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, text: Array) -> tuple[Array, Array]:
+    return _project_kv(self, text)

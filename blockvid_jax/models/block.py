@@ -9,7 +9,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from blockvid_jax.models.attention import CrossAttention, SelfAttention
+from blockvid_jax.models.attention import CrossAttention, SelfAttention, TextKV
 from blockvid_jax.models.embeddings import AffineLayerNorm, dense, layer_norm
 from blockvid_jax.typing import Array
 
@@ -36,8 +36,9 @@ class Block(nn.Module):
 
   shared: dict of layer-invariant arrays: e0 [B, F, 6, D], text [B, T, D], cos/sin [B|1, L, H/2],
     mask [B|1, L, L] over the block's own tokens (or None: bidirectional).
-  layer_ctx: None, or this layer's context: k, v [B, S, N, H] (pre-RoPE), mask [B, S] (valid slots),
-    cos/sin [B, S, H/2] (RoPE angles of the slots' positions).
+  layer_ctx: None, or a dict with this layer's context: k, v [B, S, N, H], mask [B, S] (valid
+    slots), cos/sin [B, S, H/2] (RoPE angles of the slots' positions; absent: k is rotated already);
+    and/or text_k, text_v [B, T, N, H] (the text's cross-attention K/V; then shared["text"] is unused).
   Returns x [B, L, D] and, when `collect_kv`, {"k", "v"} [B, L, N, H] (+ "saliency" [B, L]).
   """
   dim: int
@@ -63,7 +64,9 @@ class Block(nn.Module):
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
         mod[:, :, i] for i in range(6))                                # each [B, F, D]
 
-    mask, ctx = shared["mask"], layer_ctx
+    layer_ctx = layer_ctx or {}
+    text_kv = (layer_ctx["text_k"], layer_ctx["text_v"]) if "text_k" in layer_ctx else None
+    mask, ctx = shared["mask"], (layer_ctx if "k" in layer_ctx else None)
     if ctx is not None:  # [B, L, S] context validity next to the block's own mask [B|1, L, L]
       n_q = x.shape[1]
       ctx_mask = jnp.broadcast_to(ctx["mask"][:, None, :], (x.shape[0], n_q, ctx["mask"].shape[1]))
@@ -78,7 +81,8 @@ class Block(nn.Module):
 
     h = AffineLayerNorm(self.eps, pdt, name="norm3")(x).astype(dt)
     x = x + CrossAttention(self.dim, self.num_heads, self.eps, dt, pdt, self.attention_impl,
-                           name="cross_attn")(h, shared["text"].astype(dt)).astype(jnp.float32)
+                           name="cross_attn")(h, None if text_kv else shared["text"].astype(dt),
+                                              kv=text_kv).astype(jnp.float32)
 
     h = modulate(layer_norm(x, self.eps), shift_mlp, scale_mlp, p).astype(dt)
     h = dense(self.ffn_dim, ("embed", "mlp"), dt, pdt, "ffn_fc1")(h)      # [B, L, M]
@@ -93,3 +97,19 @@ class Block(nn.Module):
       if self.collect_saliency:
         out["saliency"] = saliency
     return x, out
+
+
+class BlockTextKV(nn.Module):
+  """A block's text cross-attention K/V only, written for `nn.scan` over the blocks' weights:
+  (carry, text [B, T, D]) -> (carry, {"k", "v"} [B, T, N, H])."""
+  dim: int
+  num_heads: int
+  eps: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, carry, text: Array):
+    k, v = TextKV(self.dim, self.num_heads, self.eps, self.dtype, self.param_dtype,
+                  name="cross_attn")(text.astype(self.dtype))
+    return carry, dict(k=k, v=v)

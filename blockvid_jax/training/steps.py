@@ -11,9 +11,10 @@ A batch (global arrays):
   null_context  float32 [T, E]            the empty-prompt embedding (dropout / CFG target)
 
 Per-chunk captions: chunk c must cross-attend only to its own caption, so with a [B, Nc, T, E]
-context the causal forward runs the block-causal sequence chunk by chunk (`forward_chunk` against the
-keys/values of the earlier chunks, gradients flowing through them) - the same function as the
-full-sequence causal forward, which is used when the context is one per window. The teacher attends
+context the causal forward runs the block-causal sequence caption by caption through the chunk engine
+(`caption_rollout`: each segment against the keys/values of the earlier ones, gradients flowing
+through them) - the same function as the full-sequence causal forward, which is used when the context
+is one per window. The teacher attends
 to all frames, so it gets the window's captions concatenated along T: [B, Nc * T, E].
 """
 
@@ -22,12 +23,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+import einops
 import jax
 import jax.numpy as jnp
 import optax
 
+from blockvid_jax.cache.dense_window import DenseWindowSpec
+from blockvid_jax.cache.sources import DenseSource
 from blockvid_jax.diffusion import flow, noise
-from blockvid_jax.models.dit import CausalDiT, KVContext
+from blockvid_jax.diffusion.engine import ChunkEngine, ChunkInputs
+from blockvid_jax.diffusion.policies import TeacherForced
+from blockvid_jax.models.dit import CausalDiT
 from blockvid_jax.models.spec import DiTSpec
 from blockvid_jax.parallel import LOGICAL_RULES, activation_rules, named, replicated
 from blockvid_jax.training import losses
@@ -76,22 +82,27 @@ def predict_velocity(spec: DiTSpec, params: PyTree, x_t: Array, t: Array, contex
   b, nc, tl, e = context.shape
   if mode == "bidirectional":
     return model.apply(variables, x_t, t, context.reshape(b, nc * tl, e), mode=mode)  # [B, Nc*T, E]
+  return caption_rollout(spec, params, x_t, t, context)
+
+
+def caption_rollout(spec: DiTSpec, params: PyTree, x_t: Array, t: Array, context: Array) -> Array:
+  """The block-causal forward segment by segment, one segment per caption: a scan of the chunk
+  engine over a dense window buffer, each segment predicting on its noisy latents against the K/V of
+  the earlier segments and committing its own (`TeacherForced("self")`; gradients flow through
+  the context). x_t [B, F, H, W, C], t [B, F], context [B, Nc, T, E] -> v [B, F, H, W, C]."""
+  b, nc = context.shape[:2]
   f = x_t.shape[1]
   fc = f // nc                                                                 # frames per caption
-  kv = KVContext.empty(spec, b, spec.compute_dtype)
-  outs = []
-  for c in range(nc):
-    sl = slice(c * fc, (c + 1) * fc)
-    out, ckv = model.apply(variables, x_t[:, sl], t[:, sl], context[:, c], kv,
-                           c * fc // spec.patch_size[0], method=CausalDiT.forward_chunk)
-    outs.append(out)                                                           # [B, fc, H, W, C]
-    if c + 1 < nc:
-      kv = KVContext(k=jnp.concatenate([kv.k, ckv.k], axis=2),                 # [K, B, S+L, N, H]
-                     v=jnp.concatenate([kv.v, ckv.v], axis=2),
-                     positions=jnp.concatenate([kv.positions, ckv.positions], axis=1),  # [B, S+L, 3]
-                     mask=jnp.concatenate([kv.mask, jnp.ones(ckv.positions.shape[:2], bool)],
-                                          axis=1))                             # [B, S+L]
-  return jnp.concatenate(outs, axis=1)                                         # [B, F, H, W, C]
+  pt, ph, pw = spec.patch_size
+  window = DenseWindowSpec(num_layers=spec.num_layers, num_heads=spec.num_heads,
+                           head_dim=spec.head_dim, num_segments=nc,
+                           tokens_per_segment=(fc // pt) * (x_t.shape[2] // ph) * (x_t.shape[3] // pw),
+                           frames_per_segment=fc // pt)
+  engine = ChunkEngine(spec, DenseSource(window, spec.compute_dtype), TeacherForced("self"))
+  per_seg = lambda a: einops.rearrange(a, "b (n f) ... -> n b f ...", n=nc)    # [Nc, B, fc, ...]
+  inputs = ChunkInputs(text=jnp.moveaxis(context, 1, 0), noisy=per_seg(x_t), t=per_seg(t))
+  _, v = engine.scan(params, engine.init_state(b, jax.random.key(0)), inputs)  # [Nc, B, fc, ...]
+  return einops.rearrange(v, "n b f ... -> b (n f) ...")                       # [B, F, H, W, C]
 
 
 def make_train_step(spec: DiTSpec, tx: optax.GradientTransformation, schedule: optax.Schedule,
