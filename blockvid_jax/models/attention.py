@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -129,8 +130,10 @@ class SelfAttention(nn.Module):
 class CrossAttention(nn.Module):
   """Cross-attention to the embedded text [B, T, D] (no RoPE, no mask), q/k RMSNorm.
 
-  With `kv` (the text's keys/values [B, T, N, H] from `TextKV`, computed once per chunk) the text
-  projections are skipped.
+  Grouped (per-chunk captions): with text [B, G, T, D] the L queries split into G equal contiguous
+  groups and group g attends only to caption g (the groups fold into the batch: one attention
+  call). With `kv` (the text's keys/values [B, T, N, H] from `TextKV`, computed once per chunk) the
+  text projections are skipped.
   """
   dim: int
   num_heads: int
@@ -144,8 +147,15 @@ class CrossAttention(nn.Module):
                ) -> Array:
     d = self.dim
     q = _project_q(self, x)                                                     # [B, L, N, H]
-    k, v = _project_kv(self, text) if kv is None else (a.astype(q.dtype) for a in kv)  # [B, T, N, H]
-    out, _ = attend(q, k, v, None, self.impl)                                   # [B, L, N, H]
+    k, v = _project_kv(self, text) if kv is None else (a.astype(q.dtype) for a in kv)  # [B, (G,) T, N, H]
+    if k.ndim == 5:  # one caption per group of queries
+      g = k.shape[1]
+      q = einops.rearrange(q, "b (g l) n h -> (b g) l n h", g=g)                 # [B*G, L/G, N, H]
+      k, v = (einops.rearrange(a, "b g t n h -> (b g) t n h") for a in (k, v))  # [B*G, T, N, H]
+      out, _ = attend(q, k, v, None, self.impl)                                 # [B*G, L/G, N, H]
+      out = einops.rearrange(out, "(b g) l n h -> b (g l) n h", g=g)           # [B, L, N, H]
+    else:
+      out, _ = attend(q, k, v, None, self.impl)                                 # [B, L, N, H]
     out = out.reshape(*out.shape[:2], d)                                        # [B, L, D]
     return dense(d, ("heads", "embed"), self.dtype, self.param_dtype, "o")(out)
 

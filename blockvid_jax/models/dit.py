@@ -101,7 +101,9 @@ class CausalDiT(nn.Module):
   # ------------------------------------------------------------------ public entry points
   def __call__(self, latents: Array, t: Array, context: Array, *, mode: str = "causal",
                clean_latents: Optional[Array] = None, clean_t: Optional[Array] = None) -> Array:
-    """latents [B, F, H, W, C], t [B, F] in [0, 1], context [B, T, E] -> flow prediction [B, F, H, W, C].
+    """latents [B, F, H, W, C], t [B, F] in [0, 1], context [B, T, E] or per-chunk captions
+    [B, G, T, E] (frames F/G * g .. F/G * (g+1) - 1 cross-attend to caption g only; F/G a multiple of
+    frames_per_chunk) -> flow prediction [B, F, H, W, C].
 
     With `clean_latents` (same shape as latents) the sequence is [clean | noisy], both halves at
     frame positions 0..F-1, clean tokens at timestep `clean_t` (default 0) — teacher forcing.
@@ -125,6 +127,8 @@ class CausalDiT(nn.Module):
       raise ConfigError(f"clean_latents shape {clean_latents.shape} != latents shape {latents.shape}")
     if clean_t is None:
       clean_t = jnp.zeros_like(t)
+    if context.ndim == 4:  # each half's frames to their captions
+      context = jnp.concatenate([context, context], axis=1)                 # [B, 2G, T, E]
     both = jnp.concatenate([clean_latents, latents], axis=1)                # [B, 2F, H, W, C]
     t_both = jnp.concatenate([jnp.broadcast_to(clean_t, t.shape), t], axis=1)  # [B, 2F]
     pos2 = jnp.concatenate([pos, pos], axis=1)                              # [1, 2L, 3]
@@ -175,9 +179,13 @@ class CausalDiT(nn.Module):
   def _check_inputs(self, latents, t, context):
     s = self.spec
     self._check_latents(latents, t)
-    b = latents.shape[0]
-    if context.ndim != 3 or context.shape[0] != b or context.shape[2] != s.text_dim:
-      raise ConfigError(f"context must be [B={b}, T, text_dim={s.text_dim}], got {context.shape}")
+    b, f = latents.shape[:2]
+    if context.ndim not in (3, 4) or context.shape[0] != b or context.shape[-1] != s.text_dim:
+      raise ConfigError(f"context must be [B={b}, T, text_dim={s.text_dim}] or per-chunk captions "
+                        f"[B, G, T, text_dim], got {context.shape}")
+    if context.ndim == 4 and (f % context.shape[1] or (f // context.shape[1]) % s.frames_per_chunk):
+      raise ConfigError(f"{context.shape[1]} captions do not split {f} latent frames into whole "
+                        f"chunks of {s.frames_per_chunk}")
 
   def _check_latents(self, latents, t):
     s = self.spec
