@@ -14,7 +14,7 @@ K/V and the text MLP once per chunk) / the per-chunk time at chunk 10, against a
 of the model's own matmul sizes measured in the same run (`dot_peak`).
 
   python benchmarks/sampler_scaling.py [--chunks 200] [--modes sparse,window,full] [--full_chunks 12]
-      [--baseline 43d102b | --baseline ""]
+      [--baseline 43d102b | --baseline ""] [--tag NAME]
 Writes benchmarks/results/sampler_scaling.json and prints markdown tables.
 """
 
@@ -186,6 +186,7 @@ def main():
   ap.add_argument("--modes", default="sparse,window,full")
   ap.add_argument("--baseline", default="43d102b",
                   help="commit whose sparse/window modes run in the same run ('' to skip)")
+  ap.add_argument("--tag", default="", help="results/sampler_scaling_<tag>.json instead of .json")
   ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one mode
   args = ap.parse_args()
   if args.one:
@@ -210,7 +211,7 @@ def main():
     speedup[b["mode"]] = {k: a["per_chunk_s"][k] / v for k, v in b["per_chunk_s"].items()
                           if k in a["per_chunk_s"]}
   os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-  path = os.path.join(HERE, "results", "sampler_scaling.json")
+  path = os.path.join(HERE, "results", f"sampler_scaling{'_' + args.tag if args.tag else ''}.json")
   tmp_path = path + ".tmp"
   with open(tmp_path, "w") as f:
     json.dump(dict(config="small, 16x16 latents, dmd 4 steps, batch 1, CPU", head=head,
