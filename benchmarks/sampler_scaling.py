@@ -30,8 +30,9 @@ import sys
 import tempfile
 import time
 
+import trees  # benchmarks/trees.py
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 CHECKPOINTS = (10, 50, 200, 1000)
 TEXT_LEN = 8
 
@@ -72,18 +73,13 @@ def dot_peak(spec, tokens: int, reps: int = 30) -> dict:
   return out
 
 
-def run_mode(mode: str, num_chunks: int, max_chunks: int, root: str = ROOT) -> dict:
-  sys.path.insert(0, root)
-  sys.path.insert(0, os.path.join(root, "configs"))
+def run_mode(mode: str, num_chunks: int, max_chunks: int, root: str = trees.ROOT) -> dict:
+  trees.use_tree(root)
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import dit  # pylint: disable=import-outside-toplevel
-  import blockvid_jax  # pylint: disable=import-outside-toplevel
   from blockvid_jax import generate  # pylint: disable=import-outside-toplevel
   from blockvid_jax.models import init_params  # pylint: disable=import-outside-toplevel
-  pkg = os.path.dirname(os.path.abspath(blockvid_jax.__file__))
-  if os.path.realpath(os.path.dirname(pkg)) != os.path.realpath(root):
-    raise SystemExit(f"imported blockvid_jax from {pkg}, wanted the tree at {root}")
 
   c = dit.get_config("small")
   c.cache.mode = mode
@@ -128,20 +124,11 @@ def run_mode(mode: str, num_chunks: int, max_chunks: int, root: str = ROOT) -> d
   return row
 
 
-def _subprocess(mode: str, n: int, max_chunks: int, root: str = ROOT) -> dict:
+def _subprocess(mode: str, n: int, max_chunks: int, root: str = trees.ROOT) -> dict:
   out = subprocess.run([sys.executable, __file__, "--one", f"{mode}:{n}:{max_chunks}:{root}"],
                        check=True, capture_output=True, text=True)
   print(f"done {mode} ({n} chunks, max_chunks {max_chunks}, tree {root})", file=sys.stderr)
   return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _baseline_tree(commit: str, dest: str) -> str:
-  """`git archive COMMIT` of this repository unpacked into dest; -> its short hash."""
-  short = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", commit], check=True,
-                         capture_output=True, text=True).stdout.strip()
-  archive = subprocess.run(["git", "-C", ROOT, "archive", commit], check=True, capture_output=True)
-  subprocess.run(["tar", "-x", "-C", dest], input=archive.stdout, check=True)
-  return short
 
 
 def _last(row: dict) -> float:
@@ -193,13 +180,12 @@ def main():
     mode, n, m, root = args.one.split(":", 3)
     print(json.dumps(run_mode(mode, int(n), int(m), root)))
     return
-  head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                        text=True).stdout.strip() or "worktree"
+  head = trees.short_hash()
   modes = args.modes.split(",")
   rows, before = [], []
   with tempfile.TemporaryDirectory() as tmp:
     if args.baseline:
-      base = _baseline_tree(args.baseline, tmp)
+      base = trees.unpack(args.baseline, tmp)
       for mode in (m for m in modes if m != "full"):
         before.append(dict(_subprocess(mode, args.chunks, args.chunks, tmp), tree=base))
     for mode in modes:

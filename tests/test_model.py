@@ -10,6 +10,7 @@ import pytest
 from blockvid_jax.models import CausalDiT, DiTSpec, KVContext, abstract_params
 from blockvid_jax.models import count_params, init_params
 from blockvid_jax.models import rope
+from blockvid_jax.models.attention import CrossAttention
 from blockvid_jax.errors import ConfigError
 
 SPEC = DiTSpec.preset("tiny")
@@ -126,6 +127,35 @@ def test_teacher_forcing_equals_cache_written_from_clean_chunks(params):
                          method=CausalDiT.forward_chunk)
     outs.append(out)
   assert float(jnp.abs(tf - jnp.concatenate(outs, 1)).max()) < 1e-5
+
+
+def test_grouped_cross_attention_equals_each_group_alone():
+  """text [B, G, T, D]: group g of the queries attends to caption g only == G separate calls."""
+  mod = CrossAttention(dim=48, num_heads=4, eps=1e-6, dtype=jnp.float32, param_dtype=jnp.float32)
+  x = jax.random.normal(jax.random.key(0), (2, 12, 48))                      # [B, L, D]
+  text = jax.random.normal(jax.random.key(1), (2, 3, 5, 48))                 # [B, G, T, D]
+  variables = mod.init(jax.random.key(2), x, text[:, 0])
+  grouped = mod.apply(variables, x, text)
+  alone = jnp.concatenate([mod.apply(variables, x[:, 4 * g:4 * (g + 1)], text[:, g])
+                           for g in range(3)], axis=1)
+  np.testing.assert_allclose(np.asarray(grouped), np.asarray(alone), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["causal", "bidirectional"])
+def test_per_chunk_captions_in_every_layout(params, mode):
+  """One caption repeated per chunk == that caption for the window (plain and [clean | noisy]);
+  distinct captions reach exactly their chunks' cross-attention."""
+  lat, t, ctx = _inputs()
+  model = CausalDiT(SPEC)
+  rep = jnp.repeat(ctx[:, None], 3, axis=1)                                  # [B, 3, T, E]
+  kw = dict(clean_latents=jax.random.normal(jax.random.key(5), lat.shape)) if mode == "causal" else {}
+  a = model.apply({"params": params}, lat, t, ctx, mode=mode, **kw)
+  b = model.apply({"params": params}, lat, t, rep, mode=mode, **kw)
+  np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5)
+  c = model.apply({"params": params}, lat, t, rep.at[:, 2].set(-ctx), mode=mode, **kw)
+  assert float(jnp.abs(c - a)[:, 6:].max()) > 1e-4
+  if mode == "causal":  # earlier chunks cannot see chunk 2 or its caption (up to float reordering)
+    np.testing.assert_allclose(np.asarray(c[:, :6]), np.asarray(a[:, :6]), atol=1e-5)
 
 
 def test_saliency_is_attention_mass(params):
