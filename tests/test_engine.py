@@ -2,7 +2,6 @@
 recomputing forward, the prompt is projected once per chunk (not per denoising step), the dense window
 source, and gradients of the caption rollout equal those of the full causal forward."""
 
-import einops
 import jax
 from jax.extend import core as jax_core
 import jax.numpy as jnp
@@ -12,9 +11,7 @@ import pytest
 from blockvid_jax import cache as kvc
 from blockvid_jax.cache import dense_window
 from blockvid_jax.cache.dense_window import DenseWindowSpec
-from blockvid_jax.cache.sources import DenseSource
 from blockvid_jax.diffusion import engine
-from blockvid_jax.diffusion.policies import TeacherForced
 from blockvid_jax.diffusion.sampler import BlockSampler, SamplerSpec
 from blockvid_jax.errors import ConfigError
 from blockvid_jax.models import CausalDiT, DiTSpec, init_params
@@ -104,34 +101,16 @@ def test_dense_window_reads_what_was_written():
   np.testing.assert_array_equal(np.asarray(ctx.positions[:, 4:8]), np.asarray(pos))
 
 
-def _engine_rollout(p, x, t, context):
-  """Reference: the chunk engine caption by caption over a dense window, each segment predicting on
-  its noisy latents against the K/V of the earlier ones and committing its own (gradients flow
-  through the context). x [B, F, ...], t [B, F], context [B, Nc, T, E] -> v [B, F, ...]."""
-  b, nc = context.shape[:2]
-  fc = x.shape[1] // nc
-  pt, ph, pw = SPEC.patch_size
-  window = DenseWindowSpec(num_layers=SPEC.num_layers, num_heads=SPEC.num_heads,
-                           head_dim=SPEC.head_dim, num_segments=nc,
-                           tokens_per_segment=(fc // pt) * (x.shape[2] // ph) * (x.shape[3] // pw),
-                           frames_per_segment=fc // pt)
-  eng = engine.ChunkEngine(SPEC, DenseSource(window, SPEC.compute_dtype), TeacherForced("self"))
-  per_seg = lambda a: einops.rearrange(a, "b (n f) ... -> n b f ...", n=nc)    # [Nc, B, fc, ...]
-  inputs = engine.ChunkInputs(text=jnp.moveaxis(context, 1, 0), noisy=per_seg(x), t=per_seg(t))
-  _, v = eng.scan(p, eng.init_state(b, jax.random.key(0)), inputs)             # [Nc, B, fc, ...]
-  return einops.rearrange(v, "n b f ... -> b (n f) ...")
-
-
 def test_grouped_causal_forward_equals_the_engine_caption_rollout(params):
-  """Per-chunk captions: the training forward (one block-causal pass, grouped cross-attention) has
-  the value and gradients of the chunk engine run caption by caption with own-K/V commits."""
+  """Per-chunk captions: the one block-causal pass with grouped cross-attention has the value and
+  gradients of the training forward, the chunk engine run caption by caption with own-K/V commits."""
   ks = jax.random.split(jax.random.key(3), 4)
   x = jax.random.normal(ks[0], (2, 9, *HW, 16))
   t = jax.random.uniform(ks[1], (2, 9))
   context = jax.random.normal(ks[2], (2, 3, T_LEN, SPEC.text_dim))             # 3 distinct captions
   w = jax.random.normal(ks[3], x.shape)
-  full = lambda p: jnp.sum(w * steps.predict_velocity(SPEC, p, x, t, context, "causal"))
-  roll = lambda p: jnp.sum(w * _engine_rollout(p, x, t, context))
+  full = lambda p: jnp.sum(w * CausalDiT(SPEC).apply({"params": p}, x, t, context))
+  roll = lambda p: jnp.sum(w * steps.caption_rollout(SPEC, p, x, t, context))
   (va, ga), (vb, gb) = jax.value_and_grad(full)(params), jax.value_and_grad(roll)(params)
   np.testing.assert_allclose(float(vb), float(va), rtol=1e-5)
   flat_a, flat_b = jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)
