@@ -83,7 +83,7 @@ def make_text_encoder(config, spec: DiTSpec, mesh=None):
   from blockvid_jax.models.text import ToyTextEncoder  # pylint: disable=import-outside-toplevel
   from blockvid_jax.data import toy_grammar  # pylint: disable=import-outside-toplevel
   return ToyTextEncoder(text_dim=spec.text_dim, max_len=config.text.max_len,
-                        words=toy_grammar.vocabulary(), seed=config.seed)
+                        words=toy_grammar.vocabulary())          # fixed weights (its own seed)
 
 
 def _need_path(group, dotted: str, why: str) -> str:

@@ -1,7 +1,9 @@
 """The chunk engine: prepared chunk context (prompt K/V once, context keys rotated once) equals the
-recomputing forward, the prompt is projected once per chunk (not per denoising step), the dense window
-source, and gradients of the caption rollout equal those of the full causal forward."""
+recomputing forward, the prompt is projected once per chunk (not per denoising step), and the
+training forward (one block-causal pass, grouped per-chunk captions) equals the engine's caption
+rollout, values and gradients."""
 
+import einops
 import jax
 from jax.extend import core as jax_core
 import jax.numpy as jnp
@@ -9,9 +11,9 @@ import numpy as np
 import pytest
 
 from blockvid_jax import cache as kvc
-from blockvid_jax.cache import dense_window
-from blockvid_jax.cache.dense_window import DenseWindowSpec
+from blockvid_jax.cache.sources import SparseSource
 from blockvid_jax.diffusion import engine
+from blockvid_jax.diffusion.policies import TeacherForced
 from blockvid_jax.diffusion.sampler import BlockSampler, SamplerSpec
 from blockvid_jax.errors import ConfigError
 from blockvid_jax.models import CausalDiT, DiTSpec, init_params
@@ -84,21 +86,20 @@ def test_prompt_is_projected_once_per_chunk(params, guidance, expected):
   assert _count_prompt_projections(jaxpr, (1, T_LEN, SPEC.text_dim)) == expected
 
 
-def test_dense_window_reads_what_was_written():
-  spec = DenseWindowSpec(num_layers=2, num_heads=1, head_dim=2, num_segments=3,
-                         tokens_per_segment=4, frames_per_segment=2)
-  buf = dense_window.init(spec, 1)
-  ctx, offset = dense_window.read(spec, buf)
-  assert not bool(ctx.mask.any()) and int(offset[0]) == 0
-  k = jnp.arange(16, dtype=jnp.float32).reshape(2, 1, 4, 1, 2)
-  pos = jnp.stack([jnp.zeros(4, jnp.int32), jnp.arange(4), jnp.arange(4)], -1)[None]
-  for _ in range(2):
-    buf = dense_window.write(spec, buf, ChunkKV(k=k, v=-k, positions=pos, saliency=None))
-  ctx, offset = dense_window.read(spec, buf)
-  assert ctx.mask.tolist() == [[True] * 8 + [False] * 4] and int(offset[0]) == 4
-  np.testing.assert_array_equal(np.asarray(ctx.k[:, :, 4:8]), np.asarray(k))
-  np.testing.assert_array_equal(np.asarray(ctx.v[:, :, :4]), -np.asarray(k))
-  np.testing.assert_array_equal(np.asarray(ctx.positions[:, 4:8]), np.asarray(pos))
+def _engine_caption_rollout(p, x, t, context):
+  """The reference: the chunk engine run caption by caption, each segment predicting on its noisy
+  latents against the committed K/V of the earlier ones (a `full` cache holding every segment)."""
+  nc, fc = context.shape[1], x.shape[1] // context.shape[1]
+  cache = kvc.CacheSpec(num_layers=SPEC.num_layers, num_heads=SPEC.num_heads,
+                        head_dim=SPEC.head_dim, tokens_per_chunk=fc * HW[0] * HW[1] // 4,
+                        frames_per_chunk=fc, embed_dim=SPEC.text_dim, mode="full", max_chunks=nc)
+  eng = engine.ChunkEngine(SPEC, SparseSource(cache), TeacherForced("self"))
+  per_seg = lambda a: einops.rearrange(a, "b (n f) ... -> n b f ...", n=nc)    # [Nc, B, fc, ...]
+  pooled = jnp.zeros((nc, x.shape[0], SPEC.text_dim))
+  inputs = engine.ChunkInputs(text=jnp.moveaxis(context, 1, 0), pooled=pooled, noisy=per_seg(x),
+                              t=per_seg(t))
+  _, v = eng.scan(p, eng.init_state(x.shape[0], jax.random.key(0)), inputs)    # [Nc, B, fc, ...]
+  return einops.rearrange(v, "n b f ... -> b (n f) ...")                       # [B, F, H, W, C]
 
 
 def test_grouped_causal_forward_equals_the_engine_caption_rollout(params):
@@ -110,7 +111,7 @@ def test_grouped_causal_forward_equals_the_engine_caption_rollout(params):
   context = jax.random.normal(ks[2], (2, 3, T_LEN, SPEC.text_dim))             # 3 distinct captions
   w = jax.random.normal(ks[3], x.shape)
   full = lambda p: jnp.sum(w * CausalDiT(SPEC).apply({"params": p}, x, t, context))
-  roll = lambda p: jnp.sum(w * steps.caption_rollout(SPEC, p, x, t, context))
+  roll = lambda p: jnp.sum(w * _engine_caption_rollout(p, x, t, context))
   (va, ga), (vb, gb) = jax.value_and_grad(full)(params), jax.value_and_grad(roll)(params)
   np.testing.assert_allclose(float(vb), float(va), rtol=1e-5)
   flat_a, flat_b = jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)

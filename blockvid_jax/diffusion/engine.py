@@ -38,7 +38,7 @@ TRACE_COUNTS = {"step": 0}  # incremented each time the chunk step is traced (te
 @struct.dataclass(kw_only=True)
 class ChunkState:
   """The carry of every scan over chunks."""
-  kv: PyTree          # the KV source's state (SparseKVCache, DenseWindowKV)
+  kv: PyTree          # the KV source's state (SparseKVCache)
   rng: Array          # PRNG key
   prev_noise: Array   # [B, Fc, H, W, C] initial noise of the previous chunk ([] if none is drawn)
   chunk: Array        # [] int32 index of the next chunk

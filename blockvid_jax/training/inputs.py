@@ -73,9 +73,11 @@ def make_input(config, spec: DiTSpec, workdir: str, local_batch: int):
                                   window_chunks=d.window_chunks, frames_per_chunk=d.frames_per_chunk,
                                   seed=config.seed)
   it = pipeline.make_iterator(dataset, num_threads=d.num_threads, prefetch_buffer_size=d.prefetch)
-  # The sampler (blockvid_jax.generate) builds the same encoder: keep the seeds in step.
+  # The sampler (blockvid_jax.generate) builds the same frozen encoder: its weights come from the
+  # encoder's own fixed seed, never `config.seed` (a run trained with --config.seed=1 and sampled
+  # with the default config would see other prompt embeddings).
   encoder = ToyTextEncoder(text_dim=spec.text_dim, max_len=config.text.max_len,
-                           words=toy_grammar.vocabulary(), seed=config.seed)
+                           words=toy_grammar.vocabulary())
   preparer = batches.ToyBatchPreparer(encoder, config.autoencoder.factor, spec.in_channels)
   split = "test" if toy.num_test_videos else "train"
   return it, preparer, generate_video(toy, split, 0)

@@ -10,11 +10,11 @@ A batch (global arrays):
                         [B, T, E]         one per window
   null_context  float32 [T, E]            the empty-prompt embedding (dropout / CFG target)
 
-Per-chunk captions: chunk c must cross-attend only to its own caption, so with a [B, Nc, T, E]
-context the causal forward runs the block-causal sequence caption by caption through the chunk engine
-(`caption_rollout`: each segment against the keys/values of the earlier ones, gradients flowing
-through them) - the same function as the full-sequence causal forward, which is used when the context
-is one per window. The teacher attends
+Per-chunk captions: chunk c must cross-attend only to its own caption, so a [B, Nc, T, E]
+context goes to the one full-sequence block-causal forward as grouped cross-attention (frames of
+caption g see caption g only; `models.attention.CrossAttention`) - equal, values and gradients, to
+the chunk engine run caption by caption with each segment's own K/V committed
+(tests/test_engine.py), in one forward without a scan. The teacher attends
 to all frames, so it gets the window's captions concatenated along T: [B, Nc * T, E].
 """
 
@@ -23,16 +23,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-import einops
 import jax
 import jax.numpy as jnp
 import optax
 
-from blockvid_jax.cache.dense_window import DenseWindowSpec
-from blockvid_jax.cache.sources import DenseSource
 from blockvid_jax.diffusion import flow, noise
-from blockvid_jax.diffusion.engine import ChunkEngine, ChunkInputs
-from blockvid_jax.diffusion.policies import TeacherForced
 from blockvid_jax.models.dit import CausalDiT
 from blockvid_jax.models.spec import DiTSpec
 from blockvid_jax.parallel import LOGICAL_RULES, activation_rules, named, replicated
@@ -74,35 +69,12 @@ def dropout_context(rng: Array, context: Array, null_context: Array, p: float) -
 
 def predict_velocity(spec: DiTSpec, params: PyTree, x_t: Array, t: Array, context: Array,
                      mode: str) -> Array:
-  """The model's flow prediction v for x_t [B, F, H, W, C], t [B, F] -> [B, F, H, W, C]."""
-  model = CausalDiT(spec)
-  variables = {"params": params}
-  if context.ndim == 3:                                                        # one per window
-    return model.apply(variables, x_t, t, context, mode=mode)
-  b, nc, tl, e = context.shape
-  if mode == "bidirectional":
-    return model.apply(variables, x_t, t, context.reshape(b, nc * tl, e), mode=mode)  # [B, Nc*T, E]
-  return caption_rollout(spec, params, x_t, t, context)
-
-
-def caption_rollout(spec: DiTSpec, params: PyTree, x_t: Array, t: Array, context: Array) -> Array:
-  """The block-causal forward segment by segment, one segment per caption: a scan of the chunk
-  engine over a dense window buffer, each segment predicting on its noisy latents against the K/V of
-  the earlier segments and committing its own (`TeacherForced("self")`; gradients flow through
-  the context). x_t [B, F, H, W, C], t [B, F], context [B, Nc, T, E] -> v [B, F, H, W, C]."""
-  b, nc = context.shape[:2]
-  f = x_t.shape[1]
-  fc = f // nc                                                                 # frames per caption
-  pt, ph, pw = spec.patch_size
-  window = DenseWindowSpec(num_layers=spec.num_layers, num_heads=spec.num_heads,
-                           head_dim=spec.head_dim, num_segments=nc,
-                           tokens_per_segment=(fc // pt) * (x_t.shape[2] // ph) * (x_t.shape[3] // pw),
-                           frames_per_segment=fc // pt)
-  engine = ChunkEngine(spec, DenseSource(window, spec.compute_dtype), TeacherForced("self"))
-  per_seg = lambda a: einops.rearrange(a, "b (n f) ... -> n b f ...", n=nc)    # [Nc, B, fc, ...]
-  inputs = ChunkInputs(text=jnp.moveaxis(context, 1, 0), noisy=per_seg(x_t), t=per_seg(t))
-  _, v = engine.scan(params, engine.init_state(b, jax.random.key(0)), inputs)  # [Nc, B, fc, ...]
-  return einops.rearrange(v, "n b f ... -> b (n f) ...")                       # [B, F, H, W, C]
+  """The model's flow prediction v for x_t [B, F, H, W, C], t [B, F] -> [B, F, H, W, C];
+  context [B, T, E] (one per window) or [B, Nc, T, E] (one per F / Nc frames)."""
+  if context.ndim == 4 and mode == "bidirectional":
+    b, nc, tl, e = context.shape
+    context = context.reshape(b, nc * tl, e)                                   # [B, Nc*T, E]
+  return CausalDiT(spec).apply({"params": params}, x_t, t, context, mode=mode)
 
 
 def make_train_step(spec: DiTSpec, tx: optax.GradientTransformation, schedule: optax.Schedule,
