@@ -3,10 +3,15 @@
 Models: the `tiny` and `small` presets (D 512, 8 layers) and the `toy_cpu` config's model. Each
 runs in its own subprocess (so peak RSS is per model), one CPU device, synthetic batches of 16x16
 latents (64 tokens per frame), a window of `--chunks` chunks of 3 frames with one caption embedding
-per chunk (the per-chunk causal rollout of `training.steps`), AdamW + clipping + EMA, the state
-donated. tokens/s = batch x frames x tokens per frame / median step time (after 2 warm-up steps).
+per chunk (grouped cross-attention in the one block-causal forward of `training.steps`), AdamW +
+clipping + EMA, the state donated. tokens/s = batch x frames x tokens per frame / median step time (after 2 warm-up steps).
+
+`--baseline COMMIT` (default 43d102b, the main of issue 13) runs the same measurement on that
+commit's tree in the same run (`benchmarks/trees.py`), each model alternating baseline / this tree,
+and prints the ratio this / baseline of the step times.
 
   python benchmarks/train_throughput.py [--models tiny,small,toy_cpu] [--batch 4] [--chunks 2]
+      [--baseline 43d102b | --baseline ""]
 Writes benchmarks/results/train_throughput.json and prints a markdown table.
 """
 
@@ -19,19 +24,22 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+
+import trees  # benchmarks/trees.py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def run_model(name: str, batch: int, chunks: int, steps_n: int) -> dict:
+def run_model(name: str, batch: int, chunks: int, steps_n: int, root: str = trees.ROOT) -> dict:
+  trees.use_tree(root)
   import jax  # pylint: disable=import-outside-toplevel
   from blockvid_jax import parallel  # pylint: disable=import-outside-toplevel
   from blockvid_jax.models import DiTSpec, count_params  # pylint: disable=import-outside-toplevel
   from blockvid_jax.training import optim, state as state_lib, steps  # pylint: disable=import-outside-toplevel
   jax.config.update("jax_threefry_partitionable", True)
   if name == "toy_cpu":
-    sys.path.insert(0, os.path.join(HERE, "..", "configs"))
     import toy_cpu  # pylint: disable=import-outside-toplevel
     from blockvid_jax.training.config import validate_train  # pylint: disable=import-outside-toplevel
     spec = validate_train(toy_cpu.get_config())
@@ -71,37 +79,55 @@ def run_model(name: str, batch: int, chunks: int, steps_n: int) -> dict:
               peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
+def _subprocess(name: str, args, root: str) -> dict:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  out = subprocess.run([sys.executable, __file__, "--one", name, "--root", root, "--batch",
+                        str(args.batch), "--chunks", str(args.chunks), "--steps", str(args.steps)],
+                       check=True, capture_output=True, text=True, env=env)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--models", default="tiny,small,toy_cpu")
   ap.add_argument("--batch", type=int, default=4)
   ap.add_argument("--chunks", type=int, default=2)
   ap.add_argument("--steps", type=int, default=5)
+  ap.add_argument("--baseline", default="43d102b",
+                  help="commit measured in the same run ('' to skip)")
   ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one model
+  ap.add_argument("--root", default=trees.ROOT, help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.one:
-    print(json.dumps(run_model(args.one, args.batch, args.chunks, args.steps)))
+    print(json.dumps(run_model(args.one, args.batch, args.chunks, args.steps, args.root)))
     return
+  head = trees.short_hash()
   rows = []
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-  for name in args.models.split(","):
-    out = subprocess.run([sys.executable, __file__, "--one", name, "--batch", str(args.batch),
-                          "--chunks", str(args.chunks), "--steps", str(args.steps)],
-                         check=True, capture_output=True, text=True, env=env)
-    rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"done {name}", file=sys.stderr)
+  with tempfile.TemporaryDirectory() as tmp:
+    base = trees.unpack(args.baseline, tmp) if args.baseline else None
+    for name in args.models.split(","):
+      row = dict(_subprocess(name, args, trees.ROOT), tree=head)
+      if base:
+        before = _subprocess(name, args, tmp)
+        row.update(baseline=base, baseline_step_s=before["step_s"],
+                   ratio=row["step_s"] / before["step_s"])
+      rows.append(row)
+      print(f"done {name}", file=sys.stderr)
   os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
   path = os.path.join(HERE, "results", "train_throughput.json")
   meta = (f"causal train step, 16x16 latents (64 tokens/frame), batch {args.batch}, "
-          f"{args.chunks} chunks x 3 frames, per-chunk captions, 1 CPU device, {os.cpu_count()} cores")
+          f"{args.chunks} chunks x 3 frames, per-chunk captions, 1 CPU device, {os.cpu_count()} cores; "
+          f"tree {head}" + (f", baseline {base} in the same run" if base else ""))
   with open(path, "w") as f:
     json.dump(dict(config=meta, rows=rows), f, indent=2)
   print(f"{meta}\n")
-  print("| model | params | tokens/step | step s | tokens/s | compile s | peak RSS MB |")
-  print("|---|---|---|---|---|---|---|")
+  print(f"| model | params | tokens/step | step s ({head}) | tokens/s | compile s | peak RSS MB | "
+        f"step s ({base}) | ratio |")
+  print("|---|---|---|---|---|---|---|---|---|")
   for r in rows:
+    extra = (f"{r['baseline_step_s']:.3f} | {r['ratio']:.2f}" if base else "- | -")
     print(f"| {r['model']} | {r['params']:,} | {r['tokens_per_step']} | {r['step_s']:.3f} | "
-          f"{r['tokens_per_s']:.0f} | {r['compile_s']:.1f} | {r['peak_rss_mb']:.0f} |")
+          f"{r['tokens_per_s']:.0f} | {r['compile_s']:.1f} | {r['peak_rss_mb']:.0f} | {extra} |")
   print(f"wrote {path}")
 
 

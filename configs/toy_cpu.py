@@ -8,7 +8,7 @@ Sample:
 
 32x32 RGB videos with 16-pixel sprites -> toy space-to-depth latents 16x16x16 -> 4x4 latent
 patches (8x8 pixels) = 16 tokens per frame, 48 per chunk of 3 frames, 192 per training window of 4
-chunks; batch 8, 1600 steps. The head predicts clean latents (x-prediction): with 256 values per
+chunks; batch 8, 2000 steps. The head predicts clean latents (x-prediction): with 256 values per
 token a v-predicting head of width 128 cannot reproduce the input noise, an x0 head need not; the
 loss is the MSE on x0 (`train.loss_weight="x0"`), which keeps the high noise levels in training.
 Sampling jumps to the predicted clean chunk and re-noises (8 x0 steps, the `dmd` solver): Euler
@@ -55,7 +55,7 @@ def get_config(arg: str = ""):
   c.data.sprite_start = "centre"     # a scene's first frame follows from its caption
   c.data.use_digits = False          # four shapes: each is seen 3.5x as often as with digits
 
-  c.train.total_steps = 1600
+  c.train.total_steps = 2000
   c.train.batch_size = 8
   c.train.learning_rate = 2e-3         # tiny model, short run: high peak LR (cosine to 2e-4)
   c.train.warmup_steps = 50
