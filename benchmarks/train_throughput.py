@@ -67,16 +67,51 @@ def run_model(name: str, batch: int, chunks: int, steps_n: int, root: str = tree
     compiled = run.jitted.lower(state, batch_arrays, rng).compile()
   compile_s = time.perf_counter() - t0
   times = []
-  for _ in range(steps_n + 2):
+  for _ in range(steps_n + 2):                                    # the step donates its state
     t0 = time.perf_counter()
     state, metrics = compiled(state, batch_arrays, rng)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
   step_s = statistics.median(times[2:])
+  # Breakdown: the forward alone and forward + backward of the same loss, jitted on their own.
+  x_t, t = batch_arrays["latents"], jax.numpy.full((batch, frames), 0.5)
+  fwd = lambda p: steps.predict_velocity(spec, p, x_t, t, batch_arrays["context"], "causal")
+  fwd_bwd = jax.grad(lambda p: jax.numpy.mean(fwd(p) ** 2))
+  with parallel.activation_rules(mesh):
+    fwd_c = jax.jit(fwd).lower(state.params).compile()
+    fwd_bwd_c = jax.jit(fwd_bwd).lower(state.params).compile()
+  fwd_s = _median_time(lambda: fwd_c(state.params), steps_n)
+  fwd_bwd_s = _median_time(lambda: fwd_bwd_c(state.params), steps_n)
+  flops = step_flops(spec, batch, tokens // (batch * frames), frames // spec.patch_size[0], t_len)
   return dict(model=name, params=count_params(state.params), batch=batch, frames=frames,
               tokens_per_step=tokens, step_s=step_s, tokens_per_s=tokens / step_s,
-              compile_s=compile_s,
+              forward_s=fwd_s, backward_s=fwd_bwd_s - fwd_s, update_s=step_s - fwd_bwd_s,
+              step_gflop=flops / 1e9, gflops_per_s=flops / 1e9 / step_s, compile_s=compile_s,
               peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def _median_time(fn, n: int) -> float:
+  """Median wall time of fn() over n calls after 2 warm-up calls."""
+  import jax  # pylint: disable=import-outside-toplevel
+  times = []
+  for _ in range(n + 2):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times[2:])
+
+
+def step_flops(spec, batch: int, tokens_per_frame: int, frames: int, text_len: int) -> float:
+  """Analytic multiply-adds x 2 of one train step = 3 x the forward (backward = 2 forwards): per
+  layer q/k/v/o and cross-attention q/o projections, dense block-causal attention over the whole
+  window (every key scored, masked or not), cross-attention over the text, the text K/V, the MLP;
+  plus the output head. (XLA's CPU cost analysis counts far less than the matmuls' work.)"""
+  d, m, k = spec.dim, spec.ffn_dim, spec.num_layers
+  seq = tokens_per_frame * frames
+  patch = spec.out_channels * spec.patch_size[0] * spec.patch_size[1] * spec.patch_size[2]
+  per_layer = (2 * seq * d * 4 * d + 2 * 2 * seq * seq * d + 2 * seq * d * 2 * d
+               + 2 * 2 * seq * text_len * d + 2 * text_len * d * 2 * d + 2 * 2 * seq * d * m)
+  return 3.0 * batch * (k * per_layer + 2 * seq * d * patch)
 
 
 def _subprocess(name: str, args, root: str) -> dict:
@@ -109,8 +144,9 @@ def main():
       row = dict(_subprocess(name, args, trees.ROOT), tree=head)
       if base:
         before = _subprocess(name, args, tmp)
+        same = (before["params"], before["tokens_per_step"]) == (row["params"], row["tokens_per_step"])
         row.update(baseline=base, baseline_step_s=before["step_s"],
-                   ratio=row["step_s"] / before["step_s"])
+                   ratio=row["step_s"] / before["step_s"] if same else None)
       rows.append(row)
       print(f"done {name}", file=sys.stderr)
   os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
@@ -121,13 +157,21 @@ def main():
   with open(path, "w") as f:
     json.dump(dict(config=meta, rows=rows), f, indent=2)
   print(f"{meta}\n")
-  print(f"| model | params | tokens/step | step s ({head}) | tokens/s | compile s | peak RSS MB | "
-        f"step s ({base}) | ratio |")
-  print("|---|---|---|---|---|---|---|---|---|")
+  print(f"| model | params | tokens/step | step s ({head}) | tokens/s | GFLOP/s | compile s | "
+        f"peak RSS MB | step s ({base}) | ratio |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
-    extra = (f"{r['baseline_step_s']:.3f} | {r['ratio']:.2f}" if base else "- | -")
+    ratio = f"{r['ratio']:.2f}" if r.get("ratio") else "- (other model at baseline)"
+    extra = f"{r['baseline_step_s']:.3f} | {ratio}" if base else "- | -"
     print(f"| {r['model']} | {r['params']:,} | {r['tokens_per_step']} | {r['step_s']:.3f} | "
-          f"{r['tokens_per_s']:.0f} | {r['compile_s']:.1f} | {r['peak_rss_mb']:.0f} | {extra} |")
+          f"{r['tokens_per_s']:.0f} | {r['gflops_per_s']:.0f} | {r['compile_s']:.1f} | "
+          f"{r['peak_rss_mb']:.0f} | {extra} |")
+  print(f"\nWhere the step's time goes ({head}; forward and forward + backward jitted alone):\n")
+  print("| model | forward s | backward s | update + EMA + rest s | GFLOP per step (analytic) |")
+  print("|---|---|---|---|---|")
+  for r in rows:
+    print(f"| {r['model']} | {r['forward_s']:.3f} | {r['backward_s']:.3f} | {r['update_s']:.3f} | "
+          f"{r['step_gflop']:.1f} |")
   print(f"wrote {path}")
 
 

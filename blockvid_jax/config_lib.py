@@ -67,6 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.cache.usage_decay = 0.9               # decay of retrieval counts (least_retrieved)
   c.cache.positions = "compact"           # compact (bounded RoPE) | absolute (original frames)
   c.cache.max_chunks = 64                 # capacity of `full` mode (chunks)
+  c.cache.recache_on_switch = False       # prompt switch: re-run the local window with the new prompt
   c.cache.context_t = 0.0                 # flow time of the commit pass that writes the cache
 
   c.sample = ml_collections.ConfigDict()

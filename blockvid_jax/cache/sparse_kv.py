@@ -12,6 +12,8 @@ current chunk). Shapes never depend on data: one compilation serves any video le
 
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -41,10 +43,13 @@ class SparseKVCache:
   bank_emb: Array     # [B, n_bank, E] pooled prompt embedding of the entry's chunk
   bank_chunk: Array   # [B, n_bank] int32 chunk index of the entry, -1 = empty
   bank_usage: Array   # [B, n_bank] float32 decayed retrieval count
+  local_latent: Array  # [B, n_local, Fc, H, W, C] clean latents of the local chunks
+                       # (`recache_on_switch`; else [B, 0])
 
 
-def init(spec: CacheSpec, batch: int, dtype=jnp.float32) -> SparseKVCache:
-  """An empty cache."""
+def init(spec: CacheSpec, batch: int, dtype=jnp.float32, latent_shape: tuple[int, ...] = ()
+         ) -> SparseKVCache:
+  """An empty cache; latent_shape (Fc, H, W, C) of a chunk: kept for `recache_on_switch`."""
   k, n, h, tc = spec.num_layers, spec.num_heads, spec.head_dim, spec.tokens_per_chunk
   ns, nl, nb, ks = spec.n_sink, spec.n_local, spec.n_bank, spec.k_salient if spec.n_bank else 0
   z = lambda *shape, d=dtype: jnp.zeros(shape, d)
@@ -58,7 +63,9 @@ def init(spec: CacheSpec, batch: int, dtype=jnp.float32) -> SparseKVCache:
       bank_k=z(k, batch, nb, ks, n, h), bank_v=z(k, batch, nb, ks, n, h),
       bank_pos=z(k, batch, nb, ks, 3, d=jnp.int32), bank_tok=z(k, batch, nb, ks, d=bool),
       bank_emb=z(batch, nb, spec.embed_dim, d=jnp.float32), bank_chunk=neg(batch, nb),
-      bank_usage=z(batch, nb, d=jnp.float32))
+      bank_usage=z(batch, nb, d=jnp.float32),
+      local_latent=(z(batch, nl, *latent_shape, d=jnp.float32) if spec.recache_on_switch
+                    else z(batch, 0, d=jnp.float32)))
 
 
 def logical_axes(cache: SparseKVCache) -> SparseKVCache:
@@ -71,7 +78,8 @@ def logical_axes(cache: SparseKVCache) -> SparseKVCache:
       local_k=kv, local_v=kv, local_pos=("cache_batch", "cache_slots", None), local_chunk=b2,
       bank_k=bank_kv, bank_v=bank_kv, bank_pos=("cache_layers", "cache_batch", None, None, None),
       bank_tok=("cache_layers", "cache_batch", None, None), bank_emb=("cache_batch", None, None),
-      bank_chunk=b2, bank_usage=b2)
+      bank_chunk=b2, bank_usage=b2,
+      local_latent=("cache_batch",) + (None,) * (cache.local_latent.ndim - 1))
 
 
 def cosine(a: Array, b: Array) -> Array:
@@ -210,8 +218,10 @@ def _write_rows(buf: Array, rows: Array, start, axis: int) -> Array:
   return jax.lax.dynamic_update_slice_in_dim(buf, rows.astype(buf.dtype), start, axis=axis)
 
 
-def write(spec: CacheSpec, cache: SparseKVCache, kv: ChunkKV, prompt: Array) -> SparseKVCache:
-  """Commits one finished chunk (its pre-RoPE KV, positions and saliency) and its pooled prompt."""
+def write(spec: CacheSpec, cache: SparseKVCache, kv: ChunkKV, prompt: Array,
+          latent: Optional[Array] = None) -> SparseKVCache:
+  """Commits one finished chunk (its pre-RoPE KV, positions and saliency) and its pooled prompt;
+  with `recache_on_switch`, a local chunk's clean latent [B, Fc, H, W, C] too."""
   c, tc = cache.step, spec.tokens_per_chunk
   b = kv.positions.shape[0]
   # Store original positions: the chunk's frames are c*fpc + (frame - first frame of the chunk),
@@ -234,6 +244,8 @@ def write(spec: CacheSpec, cache: SparseKVCache, kv: ChunkKV, prompt: Array) -> 
                local_v=_write_rows(cache.local_v, kv.v, slot * tc, 2),
                local_pos=_write_rows(cache.local_pos, kv.positions, slot * tc, 1),
                local_chunk=_write_rows(cache.local_chunk, chunk_id, slot, 1))
+  if spec.recache_on_switch and latent is not None:
+    local["local_latent"] = _write_rows(cache.local_latent, latent[:, None], slot, 1)
   new = new.replace(**{n: jnp.where(in_sink, getattr(cache, n), a) for n, a in local.items()})
   if spec.n_bank:
     if kv.saliency is None:
@@ -253,3 +265,45 @@ def write(spec: CacheSpec, cache: SparseKVCache, kv: ChunkKV, prompt: Array) -> 
         bank_chunk=put(cache.bank_chunk, chunk_id[:, 0], 0),
         bank_usage=put(cache.bank_usage, jnp.ones((b,), jnp.float32), 0))
   return new
+
+
+# ---------------------------------------------------------------------------------- recache
+def recache_local(spec: CacheSpec, cache: SparseKVCache, prompt: Array,
+                  rerun: Callable[[KVContext, Array, Array], ChunkKV]) -> SparseKVCache:
+  """Prompt switch (LongLive's KV recache): the local chunks' K/V recomputed under the new prompt.
+
+  The local chunks' clean latents are re-run, oldest first, by `rerun(ctx, offset, latent) ->
+  ChunkKV` (the model with the new prompt at the commit pass's flow time), each against the sink
+  and the already re-run older local chunks (no bank entries), at the RoPE positions `read` gives
+  them; their K/V replace the old ones in place. Sink and bank keep the K/V of their own prompts.
+  prompt: the new pooled embedding [B, E] (only for `read`'s bookkeeping, which is discarded).
+  """
+  if not spec.recache_on_switch:
+    raise ValueError("recache_local needs cache.recache_on_switch=True (the local latents)")
+  tc = spec.tokens_per_chunk
+  s_local = spec.n_sink * tc + spec.n_retrieve * spec.k_salient           # first local token
+  big = jnp.iinfo(jnp.int32).max
+  ids = cache.local_chunk[0]                                               # [nl] same for all B
+  order = jnp.argsort(jnp.where(ids >= 0, ids, big))                       # oldest first
+  b = cache.local_chunk.shape[0]
+  for r in range(spec.n_local):
+    slot = order[r]
+    cid = ids[slot]
+    ctx, _, _ = read(spec, cache, prompt)                                  # sink | bank | local
+    local_ids = jnp.repeat(cache.local_chunk, tc, axis=1)                  # [B, nl*tc]
+    allowed = jnp.concatenate([jnp.ones((b, s_local), bool),
+                               (local_ids >= 0) & (local_ids < cid)], axis=1)  # [B, S]
+    allowed = allowed.at[:, spec.n_sink * tc:s_local].set(False)           # no bank entries
+    ctx = ctx.replace(mask=ctx.mask & allowed[None])
+    first = s_local + slot * tc
+    pos = jax.lax.dynamic_slice_in_dim(ctx.positions[0], first, tc, axis=1)  # [B, tc, 3]
+    offset = jnp.min(pos[..., 0], axis=1).astype(jnp.int32)                # [B]
+    latent = jax.lax.dynamic_index_in_dim(cache.local_latent, slot, axis=1, keepdims=False)
+    kv = rerun(ctx, offset, latent)
+    old = lambda buf: jax.lax.dynamic_slice_in_dim(buf, slot * tc, tc, axis=2)  # [K, B, tc, N, H]
+    keep_empty = lambda new, buf: jnp.where(cid >= 0, new.astype(buf.dtype), old(buf))
+    cache = cache.replace(local_k=_write_rows(cache.local_k, keep_empty(kv.k, cache.local_k),
+                                              slot * tc, 2),
+                          local_v=_write_rows(cache.local_v, keep_empty(kv.v, cache.local_v),
+                                              slot * tc, 2))
+  return cache

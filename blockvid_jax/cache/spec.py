@@ -33,6 +33,7 @@ class CacheSpec:
   usage_decay: float = 0.9
   positions: str = "compact"
   max_chunks: int = 64
+  recache_on_switch: bool = False   # re-run the local window under a new prompt (LongLive)
 
   def __post_init__(self):
     def need(cond, msg):
@@ -57,6 +58,8 @@ class CacheSpec:
       need(0.0 <= self.usage_decay <= 1.0, f"cache.usage_decay must be in [0, 1], got {self.usage_decay}")
     if self.mode != "full":
       need(self.local_chunks >= 1, f"cache.local_chunks must be >= 1 in {self.mode} mode")
+    need(not (self.recache_on_switch and self.mode == "full"),
+         "cache.recache_on_switch needs a local window (mode sparse or window, not full)")
 
   @classmethod
   def from_config(cls, cfg: Mapping[str, Any], **geometry: int) -> "CacheSpec":

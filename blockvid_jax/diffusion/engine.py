@@ -2,7 +2,9 @@
 
     ChunkEngine(model, source, policy).step(params, state, inputs) -> (state, outputs)
 
-per chunk: split the state's PRNG key (here and only here), read the context from the KV source,
+per chunk: split the state's PRNG key (here and only here), at a prompt switch (`inputs.recache`,
+for a source that `recaches`) re-run the source's local window under the new prompt, read the
+context from the KV source,
 prepare what every forward of the chunk shares (the context keys RoPE-rotated, the prompt's
 cross-attention K/V: once per chunk, not once per denoising step), draw the chunk's initial noise (fresh, or shuffled from the previous chunk's), run the policy (the
 denoising of the sampler, the exit-step denoising of Self Forcing, or one prediction on a given noisy
@@ -56,6 +58,7 @@ class ChunkInputs:
   clean: Optional[Array] = None          # [B, Fc, H, W, C] teacher forcing: the latent to commit
   exit_step: Optional[Array] = None      # [] int32 Self Forcing: the step that keeps gradients
   inject: Optional[Array] = None         # [S, B, Fc, H, W, C] added to each step's input (tests)
+  recache: Optional[Array] = None        # [] bool prompt switch: re-run the local window first
 
 
 @struct.dataclass
@@ -117,7 +120,10 @@ class ChunkEngine:
     grad = self.policy.context_grad
     keep = (lambda a: a) if grad else jax.lax.stop_gradient
     rng, k_noise, k_shuffle, k_run = jax.random.split(state.rng, 4)
-    ctx, offset, kv = self.source.read(keep(state.kv), inputs.pooled)
+    kv = keep(state.kv)
+    if inputs.recache is not None and getattr(self.source, "recaches", False):
+      kv = jax.lax.cond(inputs.recache, lambda s: self._recache(params, s, inputs), lambda s: s, kv)
+    ctx, offset, kv = self.source.read(kv, inputs.pooled)
     cc = prepare(self.model, params, ctx, offset, inputs.text)
     noise = self.policy.initial_noise(k_noise, k_shuffle, state.prev_noise, state.chunk)
     out, commit = self.policy.run(self.model, params, inputs, noise, cc, k_run, state.chunk,
@@ -127,8 +133,20 @@ class ChunkEngine:
       t = jnp.full(commit.latent.shape[:2], self.context_t, jnp.float32)           # [B, Fc]
       _, chunk_kv = chunk_forward(self.model, keep(params), keep(commit.latent), t, keep(cc),
                                   saliency=self.source.needs_saliency)
-    kv = keep(self.source.commit(kv, chunk_kv, inputs.pooled))
+    latent = None if commit.latent is None else keep(commit.latent)
+    kv = keep(self.source.commit(kv, chunk_kv, inputs.pooled, latent))
     return ChunkState(kv=kv, rng=rng, prev_noise=noise, chunk=state.chunk + 1), out
+
+  def _recache(self, params: PyTree, kv: PyTree, inputs: ChunkInputs) -> PyTree:
+    """The source's local window re-run under this chunk's prompt (its K/V projected once)."""
+    prompt = prompt_kv(self.model, params, inputs.text)
+
+    def rerun(ctx: KVContext, offset: Array, latent: Array) -> ChunkKV:
+      cc = ChunkContext(ctx=rotate_context(ctx, self.model.head_dim, self.model.rope_theta,
+                                           self.model.compute_dtype), offset=offset, prompt=prompt)
+      t = jnp.full(latent.shape[:2], self.context_t, jnp.float32)                  # [B, Fc]
+      return chunk_forward(self.model, params, latent, t, cc)[1]
+    return self.source.recache(kv, inputs.pooled, rerun)
 
   def scan(self, params: PyTree, state: ChunkState, inputs: ChunkInputs,
            active: Optional[Array] = None, **shared) -> tuple[ChunkState, Array]:

@@ -50,8 +50,8 @@ class BlockSampler:
 
   def engine(self, policy=None) -> ChunkEngine:
     """The chunk engine over this sampler's sparse cache (default policy: `Sample`)."""
-    return ChunkEngine(self.model, SparseSource(self.cache), policy or self.policy,
-                       self.sampler.context_t)
+    return ChunkEngine(self.model, SparseSource(self.cache, latent_shape=self.chunk_shape),
+                       policy or self.policy, self.sampler.context_t)
 
   def init_state(self, batch: int, rng: Array) -> ChunkState:
     return self.engine().init_state(batch, rng, self.chunk_shape)
@@ -62,17 +62,22 @@ class BlockSampler:
     cc = prepare(self.model, params, ctx, offset, text)
     return self.policy.denoise(self.model, params, noise, rng, cc, null_text, first_frame, use_first)
 
-  def chunk_step(self, params, state: ChunkState, text, pooled, null_text, first_frame=None):
-    """One chunk of the rollout -> (new state, chunk latents [B, Fc, H, W, C])."""
-    inputs = ChunkInputs(text=text, pooled=pooled, null_text=null_text, first_frame=first_frame)
+  def chunk_step(self, params, state: ChunkState, text, pooled, null_text, first_frame=None,
+                 recache=None):
+    """One chunk of the rollout -> (new state, chunk latents [B, Fc, H, W, C]); recache [] bool:
+    the prompt switched (with `cache.recache_on_switch`, the local window is re-run first)."""
+    inputs = ChunkInputs(text=text, pooled=pooled, null_text=null_text, first_frame=first_frame,
+                         recache=recache)
     return self.engine().step(params, state, inputs)
 
   def segment(self, params, state: ChunkState, texts, pooled, null_text, first_frame=None,
-              active=None):
+              active=None, recache=None):
     """`lax.scan` over chunks. texts [S, B, T, E], pooled [S, B, E], active [S] bool or None (False:
-    a padding chunk, skipped) -> (state, [S, B, Fc, H, W, C])."""
-    return self.engine().scan(params, state, ChunkInputs(text=texts, pooled=pooled), active,
-                              null_text=null_text, first_frame=first_frame)
+    a padding chunk, skipped), recache [S] bool or None (prompt switches) -> (state,
+    [S, B, Fc, H, W, C])."""
+    inputs = ChunkInputs(text=texts, pooled=pooled, recache=recache)
+    return self.engine().scan(params, state, inputs, active, null_text=null_text,
+                              first_frame=first_frame)
 
   def teacher_forced(self, params, cache: SparseKVCache, noisy, t, clean, texts, pooled):
     """Rollout with fixed chunks: each chunk's prediction on `noisy` [C, B, Fc, ...] at t [C, B, Fc]
@@ -86,7 +91,8 @@ class BlockSampler:
 
   # ---------------------------------------------------------------- host loop
   def make_segment_fn(self, state_shardings=None, param_shardings=None, data_sharding=None):
-    """The jitted segment `fn(params, state, texts, pooled, null_text, first_frame, active=None)`,
+    """The jitted segment `fn(params, state, texts, pooled, null_text, first_frame, active=None,
+    recache=None)`,
     with optional NamedShardings; the rollout state is donated. Cached per sampler and shardings, so
     a second video in the same process compiles nothing."""
     flat = lambda tree: (lambda leaves, treedef: (tuple(leaves), treedef))(
@@ -100,6 +106,8 @@ class BlockSampler:
 
     Runs fixed-length segments of `chunks_per_segment` (the last one padded by repeating the final
     prompt; padded chunks are skipped inside the scan), so any number of chunks uses one compilation.
+    With `cache.recache_on_switch`, a chunk whose prompt embedding differs from the previous chunk's
+    first re-runs the local window under its prompt (`sparse_kv.recache_local`).
     """
     num = texts.shape[0]
     if num < 1:
@@ -111,10 +119,16 @@ class BlockSampler:
     null_text = jnp.broadcast_to(jnp.asarray(null_text, texts.dtype), texts.shape[1:])
     fn = segment_fn or self.make_segment_fn()
     state = self.init_state(texts.shape[1], rng) if state is None else state
+    switch = np.zeros(num, bool)
+    if self.cache.recache_on_switch:
+      host = np.asarray(texts)
+      switch[1:] = np.any(host[1:] != host[:-1], axis=tuple(range(1, host.ndim)))
     for start in range(0, num, seg):
       idx = np.minimum(np.arange(start, start + seg), num - 1)
       active = jnp.asarray(np.arange(start, start + seg) < num)                # [seg] bool
-      state, lat = fn(params, state, texts[idx], pooled[idx], null_text, first_frame, active)
+      recache = jnp.asarray(switch[idx]) if self.cache.recache_on_switch else None
+      state, lat = fn(params, state, texts[idx], pooled[idx], null_text, first_frame, active,
+                      recache)
       for i in range(min(seg, num - start)):
         yield start + i, lat[i]
 
@@ -127,13 +141,14 @@ class BlockSampler:
 @functools.lru_cache(maxsize=32)
 def _segment_fn(sampler: BlockSampler, state_sh, param_sh, data_sh) -> Callable:
   """The jitted segment of `sampler`; *_sh: (leaves, treedef) of the shardings (hashable)."""
-  def fn(params, state, texts, pooled, null_text, first_frame, active=None):
-    return sampler.segment(params, state, texts, pooled, null_text, first_frame, active)
+  def fn(params, state, texts, pooled, null_text, first_frame, active=None, recache=None):
+    return sampler.segment(params, state, texts, pooled, null_text, first_frame, active, recache)
   if not state_sh[0]:
     return jax.jit(fn, donate_argnums=1)
   unflat = lambda pair: jax.tree_util.tree_unflatten(pair[1], pair[0])
   return jax.jit(fn, donate_argnums=1,
-                 in_shardings=(unflat(param_sh), unflat(state_sh), None, None, None, None, None),
+                 in_shardings=(unflat(param_sh), unflat(state_sh), None, None, None, None, None,
+                               None),
                  out_shardings=(unflat(state_sh), data_sh))
 
 
