@@ -235,10 +235,17 @@ def test_step_on_8_devices_equals_1_device_with_replicated_exit_steps(params):
   for a, b in zip(m1, m8):
     for k in a:
       np.testing.assert_allclose(np.asarray(b[k]), np.asarray(a[k]), rtol=1e-5, atol=1e-5, err_msg=k)
+  # Adam divides each gradient element by its running RMS: where a gradient is ~0, the order of the
+  # sharded reductions (~1e-7) becomes a visible fraction of a step (seen: 1.6e-5 on 1 of 4608
+  # elements). A sharding bug moves whole tensors by whole steps (lr 1e-3): the bound is 1/10 step.
+  step_tol = 0.1 * 1e-3
   for tree in ("params", "critic_params", "ema_params"):
     for a, b in zip(jax.tree_util.tree_leaves(getattr(s1, tree)),
                     jax.tree_util.tree_leaves(getattr(s8, tree))):
-      np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=step_tol)
+  moved = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree_util.tree_leaves(s1.params),
+                                                           jax.tree_util.tree_leaves(params)))
+  assert moved > 10 * step_tol, moved                  # the two steps did move the generator
   assert m8[0]["loss"].sharding.is_fully_replicated
   for m in m8:                                          # the exit steps: one value on every device
     exits = [m[f"exit_step/{c}"] for c in range(2)]
