@@ -1,8 +1,8 @@
 """Prompt-switch cost of `cache.recache_on_switch`: per-chunk time with and without the recache.
 
 `small` model (D 512, 8 layers), 16x16 latents (192 tokens per chunk), few-step DMD (4 steps + the
-commit pass), batch 1, CPU, the `configs/dit.py` cache (sink 1 + local `--local` chunks). One chunk per
-jitted call; after a warm-up of `--local` + 1 chunks (a full local window), chunks alternate between
+commit pass), batch 1, CPU, the `configs/dit.py` cache (sink 1 + local `--local` chunks). One chunk
+per jitted call; after a warm-up of `--local` + 1 chunks (a full local window), chunks alternate between
 a switch (recache = True: the local window is re-run under the new prompt first) and no switch, and
 the per-switch cost is the median switch chunk minus the median plain chunk (the recache runs
 `local` commit-pass forwards).
@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -76,7 +77,6 @@ def main():
   if args.one:
     print(json.dumps(run_mode(args.one, args.local, args.chunks)))
     return
-  import subprocess  # pylint: disable=import-outside-toplevel
   rows = []
   for mode in args.modes.split(","):
     out = subprocess.run([sys.executable, __file__, "--one", mode, "--local", str(args.local),

@@ -4,7 +4,8 @@ Models: the `tiny` and `small` presets (D 512, 8 layers) and the `toy_cpu` confi
 runs in its own subprocess (so peak RSS is per model), one CPU device, synthetic batches of 16x16
 latents (64 tokens per frame), a window of `--chunks` chunks of 3 frames with one caption embedding
 per chunk (grouped cross-attention in the one block-causal forward of `training.steps`), AdamW +
-clipping + EMA, the state donated. tokens/s = batch x frames x tokens per frame / median step time (after 2 warm-up steps).
+clipping + EMA, the state donated. tokens/s = batch x frames x tokens per frame / median step time
+(after 2 warm-up steps).
 
 `--baseline COMMIT` (default 43d102b, the main of issue 13) runs the same measurement on that
 commit's tree in the same run (`benchmarks/trees.py`), each model alternating baseline / this tree,
@@ -66,13 +67,13 @@ def run_model(name: str, batch: int, chunks: int, steps_n: int, root: str = tree
   with parallel.activation_rules(mesh):
     compiled = run.jitted.lower(state, batch_arrays, rng).compile()
   compile_s = time.perf_counter() - t0
-  times = []
-  for _ in range(steps_n + 2):                                    # the step donates its state
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, batch_arrays, rng)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - t0)
-  step_s = statistics.median(times[2:])
+  box = [state]                                                   # the step donates its state
+
+  def step():
+    box[0], metrics = compiled(box[0], batch_arrays, rng)
+    return metrics
+  step_s = _median_time(step, steps_n)
+  state = box[0]
   # Breakdown: the forward alone and forward + backward of the same loss, jitted on their own.
   x_t, t = batch_arrays["latents"], jax.numpy.full((batch, frames), 0.5)
   fwd = lambda p: steps.predict_velocity(spec, p, x_t, t, batch_arrays["context"], "causal")
@@ -144,7 +145,8 @@ def main():
       row = dict(_subprocess(name, args, trees.ROOT), tree=head)
       if base:
         before = _subprocess(name, args, tmp)
-        same = (before["params"], before["tokens_per_step"]) == (row["params"], row["tokens_per_step"])
+        same = ((before["params"], before["tokens_per_step"])
+                == (row["params"], row["tokens_per_step"]))
         row.update(baseline=base, baseline_step_s=before["step_s"],
                    ratio=row["step_s"] / before["step_s"] if same else None)
       rows.append(row)
@@ -152,10 +154,12 @@ def main():
   os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
   path = os.path.join(HERE, "results", "train_throughput.json")
   meta = (f"causal train step, 16x16 latents (64 tokens/frame), batch {args.batch}, "
-          f"{args.chunks} chunks x 3 frames, per-chunk captions, 1 CPU device, {os.cpu_count()} cores; "
+          f"{args.chunks} chunks x 3 frames, per-chunk captions, 1 CPU device, "
+          f"{os.cpu_count()} cores; "
           f"tree {head}" + (f", baseline {base} in the same run" if base else ""))
-  with open(path, "w") as f:
+  with open(path + ".tmp", "w") as f:
     json.dump(dict(config=meta, rows=rows), f, indent=2)
+  os.replace(path + ".tmp", path)
   print(f"{meta}\n")
   print(f"| model | params | tokens/step | step s ({head}) | tokens/s | GFLOP/s | compile s | "
         f"peak RSS MB | step s ({base}) | ratio |")

@@ -285,25 +285,25 @@ def recache_local(spec: CacheSpec, cache: SparseKVCache, prompt: Array,
   big = jnp.iinfo(jnp.int32).max
   ids = cache.local_chunk[0]                                               # [nl] same for all B
   order = jnp.argsort(jnp.where(ids >= 0, ids, big))                       # oldest first
-  b = cache.local_chunk.shape[0]
+  ctx, _, _ = read(spec, cache, prompt)                                    # sink | bank | local
+  local_ids = jnp.repeat(cache.local_chunk, tc, axis=1)                    # [B, nl*tc]
+  b = local_ids.shape[0]
   for r in range(spec.n_local):
-    slot = order[r]
+    slot, first = order[r], s_local + order[r] * tc
     cid = ids[slot]
-    ctx, _, _ = read(spec, cache, prompt)                                  # sink | bank | local
-    local_ids = jnp.repeat(cache.local_chunk, tc, axis=1)                  # [B, nl*tc]
-    allowed = jnp.concatenate([jnp.ones((b, s_local), bool),
-                               (local_ids >= 0) & (local_ids < cid)], axis=1)  # [B, S]
-    allowed = allowed.at[:, spec.n_sink * tc:s_local].set(False)           # no bank entries
-    ctx = ctx.replace(mask=ctx.mask & allowed[None])
-    first = s_local + slot * tc
+    allowed = jnp.concatenate([jnp.ones((b, spec.n_sink * tc), bool),    # sink, no bank entries,
+                               jnp.zeros((b, s_local - spec.n_sink * tc), bool),
+                               (local_ids >= 0) & (local_ids < cid)], axis=1)  # older local [B, S]
     pos = jax.lax.dynamic_slice_in_dim(ctx.positions[0], first, tc, axis=1)  # [B, tc, 3]
     offset = jnp.min(pos[..., 0], axis=1).astype(jnp.int32)                # [B]
     latent = jax.lax.dynamic_index_in_dim(cache.local_latent, slot, axis=1, keepdims=False)
-    kv = rerun(ctx, offset, latent)
-    old = lambda buf: jax.lax.dynamic_slice_in_dim(buf, slot * tc, tc, axis=2)  # [K, B, tc, N, H]
-    keep_empty = lambda new, buf: jnp.where(cid >= 0, new.astype(buf.dtype), old(buf))
-    cache = cache.replace(local_k=_write_rows(cache.local_k, keep_empty(kv.k, cache.local_k),
-                                              slot * tc, 2),
-                          local_v=_write_rows(cache.local_v, keep_empty(kv.v, cache.local_v),
-                                              slot * tc, 2))
+    kv = rerun(ctx.replace(mask=ctx.mask & allowed[None]), offset, latent)
+    # Empty slots (video start) keep what they hold; the new K/V go to the cache and the context.
+    keep_empty = lambda new, buf, start: jnp.where(
+        cid >= 0, new.astype(buf.dtype), jax.lax.dynamic_slice_in_dim(buf, start, tc, axis=2))
+    k_new = keep_empty(kv.k, cache.local_k, slot * tc)                     # [K, B, tc, N, H]
+    v_new = keep_empty(kv.v, cache.local_v, slot * tc)
+    cache = cache.replace(local_k=_write_rows(cache.local_k, k_new, slot * tc, 2),
+                          local_v=_write_rows(cache.local_v, v_new, slot * tc, 2))
+    ctx = ctx.replace(k=_write_rows(ctx.k, k_new, first, 2), v=_write_rows(ctx.v, v_new, first, 2))
   return cache

@@ -138,13 +138,10 @@ class ChunkEngine:
     return ChunkState(kv=kv, rng=rng, prev_noise=noise, chunk=state.chunk + 1), out
 
   def _recache(self, params: PyTree, kv: PyTree, inputs: ChunkInputs) -> PyTree:
-    """The source's local window re-run under this chunk's prompt (its K/V projected once)."""
-    prompt = prompt_kv(self.model, params, inputs.text)
-
+    """The source's local window re-run under this chunk's prompt at the commit pass's flow time."""
     def rerun(ctx: KVContext, offset: Array, latent: Array) -> ChunkKV:
-      cc = ChunkContext(ctx=rotate_context(ctx, self.model.head_dim, self.model.rope_theta,
-                                           self.model.compute_dtype), offset=offset, prompt=prompt)
       t = jnp.full(latent.shape[:2], self.context_t, jnp.float32)                  # [B, Fc]
+      cc = prepare(self.model, params, ctx, offset, inputs.text)
       return chunk_forward(self.model, params, latent, t, cc)[1]
     return self.source.recache(kv, inputs.pooled, rerun)
 
