@@ -34,6 +34,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1                         # parameter-sharded data parallel axis
   c.mesh.context = 1                      # sequence (token) axis
   c.mesh.tensor = 1                       # heads / MLP axis
+  c.mesh.sampling = "auto"                # one video: auto (all devices, parallel.SAMPLING_PRESETS)
+                                          # | config (the axes above)
   c.mesh.rules = ml_collections.ConfigDict()  # overrides of parallel.axes.LOGICAL_RULES (name -> axis)
 
   c.video = ml_collections.ConfigDict()
@@ -101,6 +103,9 @@ def validate(config: ml_collections.ConfigDict) -> DiTSpec:
     v = config.mesh.get(axis, 1)
     if not isinstance(v, int) or (v < 1 and v != -1):
       raise ConfigError(f"mesh.{axis} must be a positive integer or -1, got {v!r}")
+  if config.mesh.get("sampling", "auto") not in MESH_SAMPLING:
+    raise ConfigError(f"mesh.sampling must be one of {MESH_SAMPLING}, got "
+                      f"{config.mesh.sampling!r}")
   v = config.get("video")
   if v is not None:
     _, ph, pw = spec.patch_size
@@ -111,6 +116,7 @@ def validate(config: ml_collections.ConfigDict) -> DiTSpec:
   return spec
 
 
+MESH_SAMPLING = ("auto", "config")
 TEXT_ENCODERS = ("toy", "umt5")
 AUTOENCODERS = ("toy", "wan", "wan_vae")
 

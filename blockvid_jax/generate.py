@@ -178,17 +178,51 @@ def encode_chunks(encoder, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array
   return np.asarray(emb)[idx][:, None], np.asarray(pooled)[idx][:, None]
 
 
-def load_or_init(config, spec: DiTSpec, checkpoint: Optional[str], warn: Callable[[str], None]):
-  """Params from a params checkpoint directory, or a random init (with a warning)."""
+def load_or_init(config, spec: DiTSpec, checkpoint: Optional[str], warn: Callable[[str], None],
+                 shardings=None):
+  """Params from a params checkpoint directory, or a random init (with a warning); with
+  `shardings` (a tree of NamedShardings) each array is restored / initialised straight into its
+  shards (nothing is staged on one device)."""
   if checkpoint:
     from blockvid_jax import checkpoints  # pylint: disable=import-outside-toplevel
     try:
-      _, params = checkpoints.load_params(checkpoint, spec)
+      _, params = checkpoints.load_params(checkpoint, spec, shardings=shardings)
     except CheckpointError as e:
       raise ConfigError(str(e)) from None
     return params
   warn("no --checkpoint given: sampling from a RANDOMLY INITIALISED model (expect noise-like video)")
-  return init_params(spec, jax.random.key(config.seed))
+  key = jax.random.key(config.seed)
+  if shardings is None:
+    return init_params(spec, key)
+  leaves, treedef = jax.tree_util.tree_flatten(shardings)
+  return _sharded_init(spec, tuple(leaves), treedef)(key)
+
+
+@functools.lru_cache(maxsize=8)
+def _sharded_init(spec: DiTSpec, sharding_leaves: tuple, treedef) -> Callable:
+  """The jitted random init into given shardings, cached (a second video compiles nothing)."""
+  return jax.jit(functools.partial(init_params, spec),
+                 out_shardings=jax.tree_util.tree_unflatten(treedef, list(sharding_leaves)))
+
+
+def sampling_mesh(config, sampler: BlockSampler):
+  """The mesh one video samples on, or None on one device.
+
+  `mesh.sampling="auto"` (default): all devices, split by `parallel.sampling_mesh_shape` (heads
+  over `tensor`, the chunk's tokens and the cache slots over `context`; presets for 1, 2, 4 and 8
+  devices); `"config"`: the mesh axes of the config as given.
+  """
+  n = jax.device_count()
+  if n == 1:
+    return None
+  how = config.mesh.get("sampling", "auto")
+  if how == "config":
+    shape = {a: config.mesh[a] for a in parallel.MESH_AXES}
+  else:
+    c = sampler.cache
+    counts = (c.tokens_per_chunk,) + ((c.k_salient,) if c.mode == "sparse" else ())
+    shape = parallel.sampling_mesh_shape(n, sampler.model.num_heads, counts)
+  return parallel.make_mesh(shape)
 
 
 def sharded_segment_fn(sampler: BlockSampler, spec: DiTSpec, mesh, batch: int):
@@ -246,19 +280,17 @@ def generate(config, prompts: Sequence[str], num_chunks: int, seed: int, params=
   spec, sampler = build_sampler(config)
   vae = make_autoencoder(config, spec)
   first_frame = encode_image(config, vae, image) if image else None
-  mesh = None
-  if jax.device_count() > 1:  # the DiT and the umT5 share one mesh
-    mesh = parallel.make_mesh(dict(data=config.mesh.data, fsdp=config.mesh.fsdp,
-                                   context=config.mesh.context, tensor=config.mesh.tensor))
+  mesh = sampling_mesh(config, sampler)  # the DiT and the umT5 share it
   encoder = make_text_encoder(config, spec, mesh)
-  if params is None:
-    params = load_or_init(config, spec, checkpoint, warn)
-  texts, pooled = encode_chunks(encoder, per_chunk)
-  null_text, _ = encode_chunks(encoder, [config.text.get("negative_prompt", "")])
-  segment_fn = None
+  segment_fn = p_sh = None
   if mesh is not None:
     segment_fn, p_sh = sharded_segment_fn(sampler, spec, mesh, batch=1)
+  if params is None:
+    params = load_or_init(config, spec, checkpoint, warn, shardings=p_sh)
+  elif p_sh is not None:
     params = jax.device_put(params, p_sh)
+  texts, pooled = encode_chunks(encoder, per_chunk)
+  null_text, _ = encode_chunks(encoder, [config.text.get("negative_prompt", "")])
   bar = Progress(num_chunks) if progress else None
   chunks, pixel_chunks, written = [], [], 0
   decoder = vae.init_decode_cache(1, *sampler.chunk_shape[1:3]) if vae else None

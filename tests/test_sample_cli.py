@@ -117,3 +117,32 @@ def test_second_generate_compiles_nothing():
   assert float(np.abs(first - second).max()) > 1e-3                   # a different video
   generate.generate(config, ["a red circle"], 6, 0, **quiet)
   assert engine.TRACE_COUNTS["step"] == traced                        # the segment is not retraced
+
+
+def test_one_video_on_8_devices_equals_the_1_device_cli(tmp_path, prompts, monkeypatch):
+  """In this process (8 fake devices) generate() spreads one video over the auto mesh (toy_cpu:
+  context 2 x tensor 4), restores the params straight into their shardings, and gives the latents
+  of the single-device CLI."""
+  from blockvid_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.config_overrides import load_config_file  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.diffusion.sampler import build_sampler  # pylint: disable=import-outside-toplevel
+  config = load_config_file(CONFIG)
+  spec, sampler = build_sampler(config)
+  mesh = generate.sampling_mesh(config, sampler)
+  assert dict(mesh.shape) == {"data": 1, "fsdp": 1, "context": 2, "tensor": 4}
+  params = generate.load_or_init(config, spec, None, warn=lambda m: None)
+  ckpt = checkpoints.save_params(str(tmp_path / "ck"), spec, jax.device_get(params))
+  seen = []
+  real = checkpoints.load_params
+  monkeypatch.setattr(checkpoints, "load_params",
+                      lambda *a, **kw: seen.append(kw.get("shardings")) or real(*a, **kw))
+  lines = open(prompts, encoding="utf-8").read().splitlines()
+  latents, _ = generate.generate(config, lines, 3, 1, checkpoint=ckpt, progress=False)
+  q = params["blocks"]["self_attn"]["q"]["kernel"]                        # [K, embed, heads]
+  q_sh = seen[0]["blocks"]["self_attn"]["q"]["kernel"]
+  assert q_sh.mesh.size == 8 and q_sh.shard_shape(q.shape) == (*q.shape[:2], q.shape[2] // 4)
+  out = tmp_path / "one.npy"
+  r = run_cli("--checkpoint", ckpt, "--prompts", prompts, "--num_chunks", "3", "--seed", "1",
+              "--out", str(out))
+  assert r.returncode == 0, r.stderr
+  np.testing.assert_allclose(latents, np.load(out), atol=1e-4, rtol=0)

@@ -175,3 +175,40 @@ def test_image_conditioning_reaches_the_model_before_the_final_clamp(params):
   np.testing.assert_array_equal(np.asarray(out[:, :1]), np.asarray(first))
   free = s.denoise(params, noise, jax.random.key(0), text, text, ctx, offset)
   assert float(jnp.abs(out[:, 1:] - free[:, 1:]).max()) > 1e-4
+
+
+def test_one_video_split_over_tensor_and_context_equals_1_device(params):
+  """Batch 1 on 8 fake devices (data 2 x context 2 x tensor 2): the chunk's tokens and the cache
+  slots split over `context`, heads over `tensor`; same latents as one device, and each device holds
+  a quarter of every cache K/V buffer."""
+  s = make_sampler()
+  texts, pooled = _prompts(4)
+  ref = s.sample(params, texts, pooled, jax.random.key(3))
+  mesh = parallel.make_mesh({"data": 2, "context": 2, "tensor": 2})
+  fn, p_sh = sharded_segment_fn(s, SPEC, mesh, batch=1)
+  sharded = jax.device_put(params, p_sh)
+  out = s.sample(sharded, texts, pooled, jax.random.key(3), segment_fn=fn)
+  assert float(jnp.abs(out - ref).max()) < 1e-5
+  state, _ = fn(sharded, s.init_state(1, jax.random.key(3)), texts[:2], pooled[:2],
+                jnp.zeros_like(texts[0]), None, jnp.ones((2,), bool), None)
+  kv = state.kv
+  for name in ("sink_k", "local_v", "bank_k"):
+    a = getattr(kv, name)
+    assert all(sh.data.nbytes * 4 == a.nbytes for sh in a.addressable_shards), name
+  leaves = jax.tree_util.tree_leaves(kv)
+  per_device = sum(x.addressable_shards[0].data.nbytes for x in leaves)
+  assert per_device <= 0.3 * sum(x.nbytes for x in leaves)
+
+
+def test_sampling_mesh_presets_and_fallback():
+  # Wan2.1-1.3B: 12 heads, 4680 tokens per chunk, 32 salient tokens -> the presets.
+  assert parallel.sampling_mesh_shape(8, 12, (4680, 32)) == {"data": 1, "context": 2, "tensor": 4}
+  assert parallel.sampling_mesh_shape(4, 12, (4680, 32)) == {"data": 1, "context": 2, "tensor": 2}
+  assert parallel.sampling_mesh_shape(1, 12, (4680, 32)) == {"data": 1, "context": 1, "tensor": 1}
+  # 3 heads: no tensor split of 2 or 4 -> all 4 devices on the tokens.
+  assert parallel.sampling_mesh_shape(4, 3, (12, 4)) == {"data": 1, "context": 4, "tensor": 1}
+  # 6 devices (no preset): the largest tensor split that divides the heads, the rest on context.
+  assert parallel.sampling_mesh_shape(6, 12, (12, 4)) == {"data": 1, "context": 1, "tensor": 6}
+  assert parallel.sampling_mesh_shape(6, 4, (12, 6)) == {"data": 1, "context": 3, "tensor": 2}
+  # Nothing divides: the devices replicate the work (data).
+  assert parallel.sampling_mesh_shape(8, 1, (3,)) == {"data": 8, "context": 1, "tensor": 1}

@@ -45,7 +45,7 @@ LOGICAL_RULES: tuple[tuple[str, object], ...] = (
     ("activation_heads", "tensor"),
     ("cache_layers", None),
     ("cache_batch", ("data", "fsdp")),
-    ("cache_slots", None),
+    ("cache_slots", "context"),
     ("cache_heads", "tensor"),
     ("cache_kv", None),
     ("layers", None),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -35,6 +35,37 @@ def mesh_shape(shape: Mapping[str, int], num_devices: Optional[int] = None) -> t
     raise MeshError(f"mesh {dict(zip(MESH_AXES, dims))} needs {int(np.prod(dims))} devices, "
                     f"{n} are available")
   return tuple(dims)
+
+
+# One video (batch 1) on n devices: heads and MLP over `tensor`; the chunk's tokens and the KV cache
+# slots over `context` (sequence parallel). n not listed, or a model these do not divide: the
+# largest valid split of the devices (`sampling_mesh_shape`).
+SAMPLING_PRESETS = {1: {}, 2: {"tensor": 2}, 4: {"context": 2, "tensor": 2},
+                    8: {"context": 2, "tensor": 4}}
+
+
+def _divisors(n: int) -> list[int]:
+  return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def sampling_mesh_shape(num_devices: int, num_heads: int, token_counts: Sequence[int]) -> dict:
+  """{'data', 'context', 'tensor'} for sampling one video on `num_devices`.
+
+  token_counts: every length that `context` splits (tokens per chunk, cache slots per buffer).
+  The preset for the device count if the model divides it, else the split (context x tensor) that
+  uses the most devices, tensor as large as divides the heads; devices left over go to `data`
+  (replicated work for batch 1).
+  """
+  def valid(c, t):
+    return num_heads % t == 0 and all(x % c == 0 for x in token_counts)
+
+  preset = SAMPLING_PRESETS.get(num_devices)
+  if preset is not None and valid(preset.get("context", 1), preset.get("tensor", 1)):
+    c, t = preset.get("context", 1), preset.get("tensor", 1)
+  else:
+    c, t = max(((c, t) for c in _divisors(num_devices) for t in _divisors(num_devices // c)
+                if valid(c, t)), key=lambda ct: (ct[0] * ct[1], ct[1]))
+  return {"data": num_devices // (c * t), "context": c, "tensor": t}
 
 
 def make_mesh(shape: Mapping[str, int], devices=None) -> Mesh:
