@@ -1,6 +1,6 @@
 """Embedded default: a small causal DiT on the procedural toy long videos, on CPU.
 
-Train (about 7-8 minutes on 2 CPU cores; writes DIR/params and DIR/params_ema for sampling):
+Train (about 9 minutes on 2 CPU cores; writes DIR/params and DIR/params_ema for sampling):
   python -m blockvid_jax.train --config configs/toy_cpu.py --workdir runs/toy_cpu
 Sample:
   python -m blockvid_jax.sample --config configs/toy_cpu.py --checkpoint runs/toy_cpu/params_ema \
@@ -8,7 +8,7 @@ Sample:
 
 32x32 RGB videos with 16-pixel sprites -> toy space-to-depth latents 16x16x16 -> 4x4 latent
 patches (8x8 pixels) = 16 tokens per frame, 48 per chunk of 3 frames, 192 per training window of 4
-chunks; batch 8, 2000 steps. The head predicts clean latents (x-prediction): with 256 values per
+chunks; batch 8, 2800 steps. The head predicts clean latents (x-prediction): with 256 values per
 token a v-predicting head of width 128 cannot reproduce the input noise, an x0 head need not; the
 loss is the MSE on x0 (`train.loss_weight="x0"`), which keeps the high noise levels in training.
 Sampling jumps to the predicted clean chunk and re-noises (8 x0 steps, the `dmd` solver): Euler
@@ -33,6 +33,9 @@ def get_config(arg: str = ""):
   c.model.text_dim = 64              # toy text encoder width
   c.model.prediction = "x0"          # clean-latent head: backgrounds come out clean (issue 15)
   c.model.patch_size = (1, 4, 4)     # 16 tokens per frame: 4x cheaper steps, 2x2 tokens a sprite
+  c.model.remat_policy = "dots_no_batch"  # faster here, not only smaller: the backward re-runs the
+                                     # attention instead of reading back the stacked per-layer
+                                     # probabilities (toy step 0.218 -> 0.165 s, same run)
   c.text.max_len = 16
   c.video.latent_height = 16         # 32x32 RGB pixels / space-to-depth factor 2
   c.video.latent_width = 16
@@ -55,7 +58,7 @@ def get_config(arg: str = ""):
   c.data.sprite_start = "centre"     # a scene's first frame follows from its caption
   c.data.use_digits = False          # four shapes: each is seen 3.5x as often as with digits
 
-  c.train.total_steps = 2000
+  c.train.total_steps = 2800
   c.train.batch_size = 8
   c.train.learning_rate = 2e-3         # tiny model, short run: high peak LR (cosine to 2e-4)
   c.train.warmup_steps = 50

@@ -35,13 +35,16 @@ def attend(q: Array, k: Array, v: Array, mask: Optional[Array], impl: str = "xla
     m = None if mask is None else jnp.broadcast_to(mask[:, None], (q.shape[0], 1) + mask.shape[1:])
     out = jax.nn.dot_product_attention(q, k, v, mask=m, scale=scale)  # [B, L, N, H]
     return out, None
-  logits = jnp.einsum("BLNH,BSNH->BNLS", q, k, preferred_element_type=jnp.float32) * scale
+  # Heads next to batch before the two matmuls (XLA:CPU fuses the mask and softmax into a
+  # [B, L, N, H]-layout matmul badly: 4x slower forward; benchmarks/time_breakdown.py).
+  q, k, v = (einops.rearrange(a, "b l n h -> b n l h") for a in (q, k, v))  # [B, N, *, H]
+  logits = jnp.einsum("bnlh,bnsh->bnls", q, k, preferred_element_type=jnp.float32) * scale
   if mask is not None:
     logits = jnp.where(mask[:, None, :, :], logits, _NEG)               # [B, N, L, S]
   probs = jax.nn.softmax(logits, axis=-1)                               # [B, N, L, S]
-  out = jnp.einsum("BNLS,BSNH->BLNH", probs.astype(v.dtype), v)         # [B, L, N, H]
+  out = jnp.einsum("bnls,bnsh->bnlh", probs.astype(v.dtype), v)         # [B, N, L, H]
   mass = jnp.mean(probs, axis=(1, 2)) if return_probs_mean else None    # [B, S]
-  return out, mass
+  return einops.rearrange(out, "b n l h -> b l n h"), mass              # [B, L, N, H]
 
 
 def block_causal_mask(q_chunk: Array, k_chunk: Array) -> Array:
