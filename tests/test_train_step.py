@@ -135,6 +135,13 @@ def test_teacher_is_bidirectional(params):
   a = _predict(SPEC, params, x, t, ctx, "bidirectional")
   c = _predict(SPEC, params, x.at[:, 3:].add(1.0), t, ctx, "bidirectional")
   assert float(jnp.abs(a[:, :3] - c[:, :3]).max()) > 1e-4                 # chunk 0 sees chunk 1
+  # Per-chunk captions, grouped (each chunk's frames cross-attend to their own caption, as
+  # `CrossAttention` is tested to do in test_model.py), never one concatenated prompt.
+  grouped = CausalDiT(SPEC).apply({"params": params}, x, t, ctx, mode="bidirectional")
+  concat = CausalDiT(SPEC).apply({"params": params}, x, t, ctx.reshape(2, 2 * T_LEN, -1),
+                                 mode="bidirectional")
+  np.testing.assert_allclose(np.asarray(a), np.asarray(grouped), atol=1e-5)
+  assert float(jnp.abs(a - concat).max()) > 1e-4
 
 
 def test_text_dropout():

@@ -14,8 +14,9 @@ Per-chunk captions: chunk c must cross-attend only to its own caption, so a [B, 
 context goes to the one full-sequence block-causal forward as grouped cross-attention (frames of
 caption g see caption g only; `models.attention.CrossAttention`) - equal, values and gradients, to
 the chunk engine run caption by caption with each segment's own K/V committed
-(tests/test_engine.py), in one forward without a scan. The teacher attends
-to all frames, so it gets the window's captions concatenated along T: [B, Nc * T, E].
+(tests/test_engine.py), in one forward without a scan. The bidirectional teacher (and the Block
+Forcing critic) attend to all frames but cross-attend the same way, frames of chunk c to caption c
+only - no concatenated prompts, which a Wan teacher never saw in training.
 """
 
 from __future__ import annotations
@@ -70,10 +71,8 @@ def dropout_context(rng: Array, context: Array, null_context: Array, p: float) -
 def predict_velocity(spec: DiTSpec, params: PyTree, x_t: Array, t: Array, context: Array,
                      mode: str) -> Array:
   """The model's flow prediction v for x_t [B, F, H, W, C], t [B, F] -> [B, F, H, W, C];
-  context [B, T, E] (one per window) or [B, Nc, T, E] (one per F / Nc frames)."""
-  if context.ndim == 4 and mode == "bidirectional":
-    b, nc, tl, e = context.shape
-    context = context.reshape(b, nc * tl, e)                                   # [B, Nc*T, E]
+  context [B, T, E] (one per window) or [B, Nc, T, E] (one per F / Nc frames: grouped
+  cross-attention, each frame sees its own chunk's caption, in either attention mode)."""
   return CausalDiT(spec).apply({"params": params}, x_t, t, context, mode=mode)
 
 
