@@ -212,3 +212,29 @@ def test_sampling_mesh_presets_and_fallback():
   assert parallel.sampling_mesh_shape(6, 4, (12, 6)) == {"data": 1, "context": 3, "tensor": 2}
   # Nothing divides: the devices replicate the work (data).
   assert parallel.sampling_mesh_shape(8, 1, (3,)) == {"data": 8, "context": 1, "tensor": 1}
+
+
+def test_cache_keeps_kv_in_the_compute_dtype(params):
+  """A bf16-compute model's cache holds bf16 K/V (half the bytes of fp32); its video is that of the
+  same model with an fp32 cache up to bf16 rounding of the stored K/V."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.cache.sources import SparseSource  # pylint: disable=import-outside-toplevel
+
+  class Fp32Cache(BlockSampler):
+    def engine(self, policy=None):
+      return engine_lib.ChunkEngine(self.model, SparseSource(self.cache, dtype=jnp.float32),
+                                    policy or self.policy, self.sampler.context_t)
+
+  s16 = dataclasses.replace(make_sampler(), model=dataclasses.replace(SPEC, dtype="bfloat16"))
+  s32 = Fp32Cache(s16.model, s16.cache, s16.sampler, s16.latent_hw)
+  st16, st32 = s16.init_state(1, jax.random.key(0)), s32.init_state(1, jax.random.key(0))
+  assert st16.kv.bank_v.dtype == jnp.bfloat16 and st32.kv.bank_v.dtype == jnp.float32
+  assert st16.kv.local_k.nbytes * 2 == st32.kv.local_k.nbytes
+  texts, pooled = _prompts(4)
+  state, _ = s16.make_segment_fn()(params, st16, texts[:2], pooled[:2], jnp.zeros_like(texts[0]),
+                                   None, jnp.ones((2,), bool), None)
+  assert state.kv.sink_k.dtype == jnp.bfloat16 and bool(jnp.any(state.kv.sink_k != 0))
+  out16 = s16.sample(params, texts, pooled, jax.random.key(3))
+  out32 = s32.sample(params, texts, pooled, jax.random.key(3))
+  err = float(jnp.abs(out16 - out32).max())
+  assert err < 0.05 * float(jnp.abs(out32).max()), err
