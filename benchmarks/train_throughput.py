@@ -33,11 +33,13 @@ import trees  # benchmarks/trees.py
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def run_model(name: str, batch: int, chunks: int, steps_n: int, root: str = trees.ROOT) -> dict:
+def step_case(name: str, batch: int, chunks: int, root: str = trees.ROOT) -> dict:
+  """The model's train step and its inputs: spec, step_fn (unjitted), jitted (with shardings, state
+  donated), state, batch arrays, mesh, tokens, frames, text length."""
   trees.use_tree(root)
   import jax  # pylint: disable=import-outside-toplevel
   from blockvid_jax import parallel  # pylint: disable=import-outside-toplevel
-  from blockvid_jax.models import DiTSpec, count_params  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.models import DiTSpec  # pylint: disable=import-outside-toplevel
   from blockvid_jax.training import optim, state as state_lib, steps  # pylint: disable=import-outside-toplevel
   jax.config.update("jax_threefry_partitionable", True)
   if name == "toy_cpu":
@@ -60,8 +62,19 @@ def run_model(name: str, batch: int, chunks: int, steps_n: int, root: str = tree
       "latents": jax.random.normal(k1, (batch, frames, hw, hw, spec.in_channels)),
       "context": jax.random.normal(k2, (batch, chunks, t_len, spec.text_dim)),
       "null_context": jax.numpy.zeros((t_len, spec.text_dim))}
-  run = steps.jit_train_step(steps.make_train_step(spec, tx, schedule, settings), mesh, shardings,
-                             bsh)
+  step_fn = steps.make_train_step(spec, tx, schedule, settings)
+  return dict(spec=spec, step_fn=step_fn, jitted=steps.jit_train_step(step_fn, mesh, shardings, bsh),
+              state=state, batch=batch_arrays, mesh=mesh, tokens=tokens, frames=frames, t_len=t_len)
+
+
+def run_model(name: str, batch: int, chunks: int, steps_n: int, root: str = trees.ROOT) -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
+  from blockvid_jax import parallel  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.models import count_params  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.training import steps  # pylint: disable=import-outside-toplevel
+  case = step_case(name, batch, chunks, root)
+  spec, run, state, batch_arrays, mesh = (case[k] for k in ("spec", "jitted", "state", "batch", "mesh"))
+  tokens, frames, t_len = case["tokens"], case["frames"], case["t_len"]
   rng = jax.random.key(2)
   t0 = time.perf_counter()
   with parallel.activation_rules(mesh):
