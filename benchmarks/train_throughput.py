@@ -68,6 +68,7 @@ def step_case(name: str, batch: int, chunks: int, root: str = trees.ROOT) -> dic
 
 
 def run_model(name: str, batch: int, chunks: int, steps_n: int, root: str = trees.ROOT) -> dict:
+  trees.use_tree(root)   # before the first blockvid_jax import
   import jax  # pylint: disable=import-outside-toplevel
   from blockvid_jax import parallel  # pylint: disable=import-outside-toplevel
   from blockvid_jax.models import count_params  # pylint: disable=import-outside-toplevel

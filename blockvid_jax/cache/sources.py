@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+import jax
 import jax.numpy as jnp
 
 from blockvid_jax.cache import sparse_kv
@@ -39,11 +40,13 @@ class SparseSource:
     return sparse_kv.init(self.spec, batch, self.dtype, self.latent_shape)
 
   def read(self, state: SparseKVCache, pooled: Array) -> tuple[KVContext, Array, SparseKVCache]:
-    return sparse_kv.read(self.spec, state, pooled)
+    with jax.named_scope("sparse_kv_read"):   # a label for profiles (benchmarks/time_breakdown.py)
+      return sparse_kv.read(self.spec, state, pooled)
 
   def commit(self, state: SparseKVCache, kv: ChunkKV, pooled: Array,
              latent: Optional[Array] = None) -> SparseKVCache:
-    return sparse_kv.write(self.spec, state, kv, pooled, latent)
+    with jax.named_scope("sparse_kv_commit"):
+      return sparse_kv.write(self.spec, state, kv, pooled, latent)
 
   @property
   def recaches(self) -> bool:
