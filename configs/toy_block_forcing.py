@@ -32,6 +32,7 @@ def get_config(arg: str = ""):
   c.train.learning_rate = 2e-4            # toy scale (generator)
   c.train.total_steps = 150               # ~6 s per step on 2 cores (batch 4, 64 tokens per frame)
   c.train.ema_decay = 0.95                # short run: a short EMA horizon
+  c.train.ema_start_step = 25             # short run (the recipe's 200 is past its end)
   c.train.log_every = 10
   c.train.checkpoint_every = 50
   c.train.sample_every = 75

@@ -137,6 +137,46 @@ def test_rollout_equals_sampler_and_gradients_reach_only_exit_steps(params):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
 
 
+def test_same_exit_step_across_chunks_and_the_gradient_window(params):
+  sampler = make_sampler()
+  same, per_chunk = SelfForcingRollout(sampler), SelfForcingRollout(sampler,
+                                                                    same_step_across_chunks=False)
+  keys = jax.random.split(jax.random.key(5), 30)
+  e_same = np.stack([np.asarray(same.exit_steps(k, 4)) for k in keys])       # [30, 4]
+  e_per = np.stack([np.asarray(per_chunk.exit_steps(k, 4)) for k in keys])
+  assert np.all(e_same == e_same[:, :1]) and set(e_same[:, 0]) == {0, 1, 2}
+  assert np.any(e_per != e_per[:, :1]) and set(e_per.ravel()) == {0, 1, 2}
+  # The window: 3 chunks of 3 frames, the last 4 frames -> chunks 1 and 2 keep gradients.
+  window = SelfForcingRollout(sampler, grad_last_frames=4)
+  assert [window.no_grad_chunks(n) for n in (3, 1)] == [1, 0]
+  assert SelfForcingRollout(sampler, grad_last_frames=21).no_grad_chunks(10) == 3
+  assert same.no_grad_chunks(10) == 0 and SelfForcingRollout(
+      sampler, grad_last_frames=1).no_grad_chunks(10) == 9
+  n, b, s = 3, 2, len(STEPS)
+  k1, k2 = jax.random.split(jax.random.key(1))
+  texts = jax.random.normal(k1, (n, b, 5, SPEC.text_dim))
+  pooled = jax.random.normal(k2, (n, b, SPEC.text_dim))
+  exits, rng = jnp.asarray([1, 0, 2], jnp.int32), jax.random.key(3)
+
+  def loss(ro, p, inj, first):                        # sum of squares of chunks first..n-1
+    chunks = ro.rollout(p, texts, pooled, rng, exits, inj)
+    return jnp.sum(jnp.square(chunks[first:])), chunks
+  inject = jnp.zeros((n, s, b, 3, *HW, 16))
+  (_, c_win), (g_win, gi_win) = jax.jit(jax.value_and_grad(
+      lambda p, i: loss(window, p, i, 0), argnums=(0, 1), has_aux=True))(params, inject)
+  (_, c_all), (g_ref, _) = jax.jit(jax.value_and_grad(
+      lambda p, i: loss(same, p, i, 1), argnums=(0, 1), has_aux=True))(params, inject)
+  np.testing.assert_allclose(np.asarray(c_win), np.asarray(c_all), atol=1e-6)   # same values
+  mag = np.abs(np.asarray(gi_win)).reshape(n, s, -1).max(-1)                    # [n, S]
+  assert np.all(mag[0] == 0.0) and mag[1, 0] > 1e-3 and mag[2, 2] > 1e-3, mag
+  # Chunk 0 contributes nothing: the window's gradient is that of the loss without chunk 0.
+  for a, r in zip(jax.tree_util.tree_leaves(g_win), jax.tree_util.tree_leaves(g_ref)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=1e-5, atol=1e-7)
+  from blockvid_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ConfigError, match="grad_last_frames"):
+    SelfForcingRollout(sampler, grad_last_frames=-1)
+
+
 # ----------------------------------------------------------------------------- DMD
 MU, SIG = 2.0, 0.5
 
@@ -279,11 +319,15 @@ def test_block_forcing_configs_validate_and_bad_values_fail_in_one_line():
   wan = _load_config("wan_1_3b_block_forcing")
   assert bfc.validate_block_forcing(wan).num_layers == 30
   assert bfc.settings(wan).critic_steps == 5 and bfc.settings(wan).guidance == 4.0
+  assert bfc.settings(wan).ema_start_step == 200 and bfc.settings(wan).t_min == 0.02
+  assert bfc.rollout_options(wan) == {"remat_policy": "full", "same_step_across_chunks": True,
+                                      "grad_last_frames": 21}
   assert _load_config("toy_causal", "linear").train.noise.kind == "linear"
   for field, value, match in (("critic_steps", 0, "critic_steps"),
                               ("teacher_init", "", "teacher_init"),
                               ("remat_policy", "some", "remat_policy"),
-                              ("vf_cond_mix", 1.5, "vf_cond_mix")):
+                              ("vf_cond_mix", 1.5, "vf_cond_mix"),
+                              ("grad_last_frames", -3, "grad_last_frames")):
     bad = _load_config("toy_block_forcing")
     bad.train.block_forcing[field] = value
     with pytest.raises(ConfigError, match=match) as e:

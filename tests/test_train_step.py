@@ -165,3 +165,16 @@ def test_optimizer_schedule_and_decay_mask(params):
   mask = optim.decay_mask(params)
   assert mask["blocks"]["self_attn"]["q"]["kernel"] and not mask["blocks"]["self_attn"]["q"]["bias"]
   assert not mask["blocks"]["modulation"] and not mask["head_modulation"]
+
+
+def test_ema_equals_params_until_the_start_step_then_averages():
+  """`ema_update` (both stages' EMA) against the recurrence written out by hand."""
+  ps = [{"w": jnp.full((3,), v)} for v in (1.0, 2.0, 4.0, 8.0)]
+  ema, want = ps[0], None
+  for step, p in enumerate(ps[1:]):        # updates 0, 1, 2 produce params 2, 4, 8
+    ema = state_lib.ema_update(ema, p, jnp.asarray(step, jnp.int32), 0.5, start_step=2)
+    want = float(p["w"][0]) if step < 2 else 0.5 * want + 0.5 * float(p["w"][0])
+    np.testing.assert_array_equal(np.asarray(ema["w"]), np.full((3,), want, np.float32))
+  assert want == 6.0                       # 0.5 * 4 + 0.5 * 8: the average did start
+  same = state_lib.ema_update(ps[0], ps[1], jnp.asarray(0, jnp.int32), 0.5)    # start 0: average
+  np.testing.assert_array_equal(np.asarray(same["w"]), np.full((3,), 1.5, np.float32))

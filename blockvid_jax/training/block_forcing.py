@@ -35,7 +35,7 @@ from blockvid_jax.parallel import LOGICAL_RULES, activation_rules, logical_to_sh
 from blockvid_jax.training import dmd, velocity_forcing
 from blockvid_jax.training.self_forcing import (SelfForcingRollout, chunks_to_video,
                                                 per_chunk_prompts)
-from blockvid_jax.training.state import tree_norm
+from blockvid_jax.training.state import ema_update, tree_norm
 from blockvid_jax.training.steps import predict_velocity
 from blockvid_jax.typing import Array, PyTree
 from blockvid_jax.errors import ConfigError
@@ -61,6 +61,7 @@ class BlockForcingSettings:
   noise_t_max: float = 1.0
   noise_shift: float = 1.0
   ema_decay: float = 0.0             # 0: no EMA
+  ema_start_step: int = 0            # the EMA equals the generator until this step
 
   def __post_init__(self):
     def need(cond, msg):
@@ -75,6 +76,7 @@ class BlockForcingSettings:
     need(0.0 <= self.vf_cond_mix <= 1.0,
          f"block_forcing.vf_cond_mix must be in [0, 1], got {self.vf_cond_mix}")
     need(0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}")
+    need(self.ema_start_step >= 0, f"ema_start_step must be >= 0, got {self.ema_start_step}")
 
 
 @struct.dataclass
@@ -238,8 +240,7 @@ def make_train_step(gen_spec: DiTSpec, teacher_spec: DiTSpec, rollout: SelfForci
     params = optax.apply_updates(state.params, updates)
     ema = state.ema_params
     if ema is not None:
-      ema = jax.tree_util.tree_map(lambda e, p: s.ema_decay * e + (1.0 - s.ema_decay) * p,
-                                   ema, params)
+      ema = ema_update(ema, params, state.step, s.ema_decay, s.ema_start_step)
     metrics = dict(aux, loss=loss, grad_norm=tree_norm(grads), param_norm=tree_norm(params),
                    critic_loss=jnp.mean(c_loss), critic_loss_last=c_loss[-1],
                    critic_grad_norm=jnp.mean(c_gnorm),

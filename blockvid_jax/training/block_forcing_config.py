@@ -39,6 +39,10 @@ def add_block_forcing_defaults(c: ml_collections.ConfigDict) -> ml_collections.C
   b.vf_gamma = 1.0                        # VF target eps - gamma * x_cond (DESIGN 10)
   b.vf_cond_mix = 0.1                     # x_cond = (1 - mix) x + mix x_retrieved (DESIGN 10)
   b.remat_policy = "none"                 # jax.checkpoint of each chunk's exit-step forward
+  b.same_step_across_chunks = True        # one random exit step for all chunks of a rollout
+                                          # (Self Forcing same_step_across_blocks); False: per chunk
+  b.grad_last_frames = 21                 # generator gradients only through the chunks of the
+                                          # last N latent frames (Self Forcing 21; 0: all)
   b.critic_learning_rate = 4e-7           # critic AdamW peak learning rate (Self Forcing: 4e-7)
   b.critic_b1 = 0.0                       # critic Adam beta1
   b.critic_b2 = 0.999                     # critic Adam beta2
@@ -52,6 +56,7 @@ def add_block_forcing_defaults(c: ml_collections.ConfigDict) -> ml_collections.C
   c.train.weight_decay = 0.0
   c.train.grad_clip = 10.0
   c.train.warmup_steps = 0
+  c.train.ema_start_step = 200            # Self Forcing ema_start_step (EMA = generator before)
   c.train.text_dropout = 0.0              # unused by this stage (the teacher gets the null prompt)
   return c
 
@@ -79,6 +84,11 @@ def validate_block_forcing(config: ml_collections.ConfigDict) -> DiTSpec:
         f"train.block_forcing.critic_steps must be an integer >= 1, got {b.critic_steps!r}")
   _need(b.remat_policy in REMAT_POLICIES, f"train.block_forcing.remat_policy must be one of "
         f"{list(REMAT_POLICIES)}, got {b.remat_policy!r}")
+  _need(isinstance(b.same_step_across_chunks, bool), "train.block_forcing.same_step_across_chunks "
+        f"must be True or False, got {b.same_step_across_chunks!r}")
+  _need(isinstance(b.grad_last_frames, int) and b.grad_last_frames >= 0,
+        "train.block_forcing.grad_last_frames must be an integer >= 0 (0: all frames), got "
+        f"{b.grad_last_frames!r}")
   _need(b.critic_learning_rate > 0, "train.block_forcing.critic_learning_rate must be > 0, got "
         f"{b.critic_learning_rate}")
   _need(0.0 <= b.critic_b1 < 1.0 and 0.0 <= b.critic_b2 < 1.0,
@@ -97,7 +107,14 @@ def settings(config: ml_collections.ConfigDict) -> BlockForcingSettings:
       guidance=b.guidance, t_min=b.t_min, t_max=b.t_max, shift=b.shift, lambda_vf=b.lambda_vf,
       vf_gamma=b.vf_gamma, vf_cond_mix=b.vf_cond_mix, noise_kind=t.noise.kind,
       t_min_max=t.noise.t_min_max, noise_t_max=t.noise.t_max, noise_shift=t.noise.shift,
-      ema_decay=t.ema_decay)
+      ema_decay=t.ema_decay, ema_start_step=t.ema_start_step)
+
+
+def rollout_options(config: ml_collections.ConfigDict) -> dict:
+  """The `SelfForcingRollout` fields set by the section (besides the sampler)."""
+  b = config.train.block_forcing
+  return dict(remat_policy=b.remat_policy, same_step_across_chunks=b.same_step_across_chunks,
+              grad_last_frames=b.grad_last_frames)
 
 
 def optimizers(config: ml_collections.ConfigDict) -> tuple[tuple[optax.GradientTransformation,

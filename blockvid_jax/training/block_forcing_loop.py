@@ -55,7 +55,7 @@ def build_stage(ctx: trainer.StageContext) -> trainer.Stage:
   else:
     logging.info("resumed from checkpoint step %d", int(state.step))
   _, sampler = build_sampler(config)
-  rollout = SelfForcingRollout(sampler, remat_policy=b.remat_policy)
+  rollout = SelfForcingRollout(sampler, **bfc.rollout_options(config))
   step_fn = bf.make_train_step(spec, teacher_spec, rollout, gen_tx, critic_tx, gen_sched,
                                critic_sched, bfc.settings(config))
   train_step = steps.jit_train_step(step_fn, mesh, shardings, ctx.batch_sharding, rules)

@@ -51,6 +51,7 @@ def add_train_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   c.train.b2 = 0.99                       # Adam beta2
   c.train.grad_clip = 1.0                 # global-norm gradient clipping (0: off)
   c.train.ema_decay = 0.999               # EMA of the params (0: no EMA kept)
+  c.train.ema_start_step = 0              # the EMA equals the params until this step
   c.train.text_dropout = 0.1              # P(chunk caption -> empty prompt), for CFG
   c.train.loss_weight = "v"               # v: MSE on the velocity | x0: t^2-weighted = MSE on x0
   c.train.noise = ml_collections.ConfigDict()
@@ -108,7 +109,7 @@ def validate_train(config: ml_collections.ConfigDict) -> DiTSpec:
   for name in ("total_steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
                "sample_chunks"):
     _need(_positive_int(t[name]), f"train.{name} must be a positive integer, got {t[name]!r}")
-  for name in ("warmup_steps", "sample_every"):
+  for name in ("warmup_steps", "sample_every", "ema_start_step"):
     _need(isinstance(t[name], int) and t[name] >= 0,
           f"train.{name} must be a non-negative integer, got {t[name]!r}")
   _need(t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate}")

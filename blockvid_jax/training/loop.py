@@ -32,6 +32,7 @@ def step_settings(config) -> steps.StepSettings:
   return steps.StepSettings(stage=t.stage, noise_kind=t.noise.kind, t_min_max=t.noise.t_min_max,
                             t_max=t.noise.t_max, shift=t.noise.shift,
                             text_dropout=t.text_dropout, ema_decay=t.ema_decay,
+                            ema_start_step=t.ema_start_step,
                             loss_weight=t.loss_weight)
 
 

@@ -16,6 +16,13 @@ the caller derives from the step rng with `fold_in` (replicated, so identical on
 device runs the same number of while-loop iterations). With every e_c = S - 1 the rollout is exactly
 the sampler's (same keys, same arithmetic): `tests/test_block_forcing.py` pins that.
 
+Recipe options (public Self Forcing defaults in `block_forcing_config`): `same_step_across_chunks`
+draws one exit step for all chunks of the rollout (Self Forcing's `same_step_across_blocks`), else one
+per chunk; `grad_last_frames` N > 0 keeps gradients only in the chunks holding the last N latent
+frames (rounded out to whole chunks): the chunks before them run as a separate scan on
+stop-gradient params, so they save no residuals and cost no backward pass - same values, fewer
+gradients (Self Forcing: N = 21).
+
 `inject` ([n, S, B, Fc, H, W, C], optional) is added to the input latent of step s of chunk c; it
 exists so tests can measure which steps gradients reach.
 """
@@ -40,9 +47,14 @@ class SelfForcingRollout:
   """Static rollout settings: the sampler (model, cache, few-step schedule, shuffling) + remat."""
   sampler: BlockSampler
   remat_policy: str = "none"     # jax.checkpoint of each chunk's exit-step forward (REMAT_POLICIES)
+  same_step_across_chunks: bool = True   # one exit step for every chunk (else one per chunk)
+  grad_last_frames: int = 0      # gradients only through the chunks of the last N frames (0: all)
 
   def __post_init__(self):
     _ = self.policy  # validates the solver and the remat policy now, not at the first step
+    if not isinstance(self.grad_last_frames, int) or self.grad_last_frames < 0:
+      raise ConfigError("block_forcing.grad_last_frames must be an integer >= 0 (0: all frames), "
+                        f"got {self.grad_last_frames!r}")
 
   @property
   def policy(self) -> ExitStep:
@@ -54,8 +66,19 @@ class SelfForcingRollout:
     return self.policy.num_steps
 
   def exit_steps(self, rng: Array, num_chunks: int) -> Array:
-    """One exit step per chunk, uniform on {0, .., S-1}: [n] int32 (rng must be replicated)."""
+    """The chunks' exit steps, uniform on {0, .., S-1}: [n] int32, all equal when
+    `same_step_across_chunks` (rng must be replicated)."""
+    if self.same_step_across_chunks:
+      one = jax.random.randint(rng, (), 0, self.num_steps, jnp.int32)
+      return jnp.full((num_chunks,), one)                                          # [n]
     return jax.random.randint(rng, (num_chunks,), 0, self.num_steps, jnp.int32)   # [n]
+
+  def no_grad_chunks(self, num_chunks: int) -> int:
+    """How many leading chunks of an n-chunk rollout get no gradients (`grad_last_frames`)."""
+    if self.grad_last_frames == 0:
+      return 0
+    fpc = self.sampler.chunk_shape[0]
+    return max(num_chunks - -(-self.grad_last_frames // fpc), 0)
 
   def rollout(self, params: PyTree, texts: Array, pooled: Array, rng: Array, exit_steps: Array,
               inject: Optional[Array] = None) -> Array:
@@ -66,9 +89,15 @@ class SelfForcingRollout:
     """
     engine = self.sampler.engine(self.policy)
     state = engine.init_state(texts.shape[1], rng, self.sampler.chunk_shape)
-    _, chunks = engine.scan(params, state, ChunkInputs(text=texts, pooled=pooled,
-                                                       exit_step=exit_steps, inject=inject))
-    return chunks                                                       # [n, B, Fc, H, W, C]
+    inputs = ChunkInputs(text=texts, pooled=pooled, exit_step=exit_steps, inject=inject)
+    k = self.no_grad_chunks(texts.shape[0])
+    if k == 0:
+      return engine.scan(params, state, inputs)[1]                      # [n, B, Fc, H, W, C]
+    head, tail = (jax.tree_util.tree_map(lambda a, sl=sl: a[sl], inputs)
+                  for sl in (slice(None, k), slice(k, None)))
+    state, first = engine.scan(jax.lax.stop_gradient(params), state, head)   # no residuals
+    _, last = engine.scan(params, state, tail)
+    return jnp.concatenate([jax.lax.stop_gradient(first), last], axis=0)     # [n, B, Fc, H, W, C]
 
 
 def chunks_to_video(chunks: Array) -> Array:

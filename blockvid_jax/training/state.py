@@ -67,6 +67,15 @@ def create_train_state(spec: DiTSpec, tx: optax.GradientTransformation, rng, mes
   return state, shardings
 
 
+def ema_update(ema: PyTree, params: PyTree, step: Array, decay: float,
+               start_step: int = 0) -> PyTree:
+  """The EMA after the optimizer update that took `step` ([] int32, the steps taken before it) to
+  `params`: ema <- decay * ema + (1 - decay) * params from `start_step` on; before it the EMA is the
+  params themselves (Self Forcing's `ema_start_step`: the average starts from the generator then)."""
+  d = jnp.where(step >= start_step, decay, 0.0)                        # [] float32
+  return jax.tree_util.tree_map(lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), ema, params)
+
+
 def tree_norm(tree: Any) -> Array:
   """Global L2 norm of a pytree, in float32."""
   return optax.tree.norm(jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), tree))

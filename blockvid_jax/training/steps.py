@@ -33,7 +33,7 @@ from blockvid_jax.models.dit import CausalDiT
 from blockvid_jax.models.spec import DiTSpec
 from blockvid_jax.parallel import LOGICAL_RULES, activation_rules, named, replicated
 from blockvid_jax.training import losses
-from blockvid_jax.training.state import TrainState, tree_norm
+from blockvid_jax.training.state import TrainState, ema_update, tree_norm
 from blockvid_jax.typing import Array, PyTree
 
 STAGE_MODES = {"causal": "causal", "teacher": "bidirectional"}
@@ -49,6 +49,7 @@ class StepSettings:
   shift: float = 1.0
   text_dropout: float = 0.0      # P(a caption chunk's context -> null context)
   ema_decay: float = 0.0         # 0: no EMA
+  ema_start_step: int = 0        # the EMA equals the params until this step (state.ema_update)
   loss_weight: str = "v"         # see losses.LOSS_WEIGHTS
 
   def __post_init__(self):
@@ -106,8 +107,7 @@ def make_train_step(spec: DiTSpec, tx: optax.GradientTransformation, schedule: o
     params = optax.apply_updates(state.params, updates)
     ema = state.ema_params
     if ema is not None:
-      d = settings.ema_decay
-      ema = jax.tree_util.tree_map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+      ema = ema_update(ema, params, state.step, settings.ema_decay, settings.ema_start_step)
     metrics = {"loss": loss, "grad_norm": tree_norm(grads), "param_norm": tree_norm(params),
                "lr": jnp.asarray(schedule(state.step), jnp.float32), "t_mean": jnp.mean(t)}
     chunk_mse = losses.per_chunk_mse(jax.lax.stop_gradient(v), target, n)      # [n]
