@@ -19,4 +19,8 @@ def get_config(arg: str = ""):
   c.train.stage = "causal"
   c.train.init_from = "runs/toy_teacher"  # params dir or work dir of the teacher ("" = random init)
   c.train.noise.kind = kind               # chunk-wise ramp: cosine | linear | independent | constant
+  c.train.layout = "teacher_forcing"      # train what the sampler does: clean cached context
+  c.train.context_view = "cache"          # ... the chunks the cache would hold (cache.mode)
+  c.train.noise.t_min_max = 0.2           # the ramp on the noisy half
+  c.train.noise.t_max_range = 0.3         # t_max ~ U(0.7, 1)
   return c

@@ -18,6 +18,7 @@ from blockvid_jax.training import block_forcing_config as bfc
 from blockvid_jax.training import dmd, losses, optim
 from blockvid_jax.training import velocity_forcing as vf
 from blockvid_jax.training.self_forcing import SelfForcingRollout, chunks_to_video, per_chunk_prompts
+from blockvid_jax.training import steps
 from blockvid_jax.training.steps import batch_shardings, jit_train_step
 
 SPEC = DiTSpec.preset("tiny")
@@ -81,7 +82,7 @@ def test_pooled_from_context_matches_the_text_encoder():
   from blockvid_jax.data.toy_grammar import vocabulary  # pylint: disable=import-outside-toplevel
   enc = ToyTextEncoder(text_dim=16, max_len=12, words=vocabulary())
   emb, _, pooled = enc.encode(["a red circle moves left on a navy background", ""])
-  np.testing.assert_allclose(np.asarray(bf.pooled_from_context(emb)), np.asarray(pooled),
+  np.testing.assert_allclose(np.asarray(steps.pooled_from_context(emb)), np.asarray(pooled),
                              rtol=1e-5, atol=1e-6)
 
 

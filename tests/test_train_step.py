@@ -1,12 +1,16 @@
 """The pure train step: 8-device sharded == 1 device, per-chunk captions, dropout, EMA, optimizer."""
 
+import einops
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from blockvid_jax import cache as kvc
 from blockvid_jax import parallel
+from blockvid_jax.diffusion import flow
+from blockvid_jax.diffusion.sampler import BlockSampler, SamplerSpec
 from blockvid_jax.models import CausalDiT, DiTSpec, init_params
 from blockvid_jax.training import optim, state as state_lib, steps
 
@@ -178,3 +182,71 @@ def test_ema_equals_params_until_the_start_step_then_averages():
   assert want == 6.0                       # 0.5 * 4 + 0.5 * 8: the average did start
   same = state_lib.ema_update(ps[0], ps[1], jnp.asarray(0, jnp.int32), 0.5)    # start 0: average
   np.testing.assert_array_equal(np.asarray(same["w"]), np.full((3,), 1.5, np.float32))
+
+
+def _tf_cache(mode, n, **kw):
+  return kvc.CacheSpec(num_layers=SPEC.num_layers, num_heads=SPEC.num_heads,
+                       head_dim=SPEC.head_dim, tokens_per_chunk=3 * 4, frames_per_chunk=3,
+                       embed_dim=SPEC.text_dim, mode=mode, sink_chunks=1, local_chunks=1,
+                       max_chunks=n, positions="absolute", k_salient=4, **kw)
+
+
+@pytest.mark.parametrize("mode", ["full", "window"])
+def test_teacher_forcing_step_predicts_what_the_cached_rollout_does(mode):
+  """The causal step's teacher-forcing path (`teacher_forcing_inputs` + `predict_velocity`, what
+  its loss differentiates) == the sampler's teacher-forced rollout through a real cache (clean
+  commits at t = 0, per-chunk captions), per cache mode."""
+  params = init_params(SPEC, jax.random.key(0))
+  n, b = 4, 2
+  batch = _batch(4, b=b, nc=n, hw=4)                                  # 4 chunks, 4 captions
+  x = batch["latents"]
+  cspec = _tf_cache(mode, n)
+  settings = steps.StepSettings(layout="teacher_forcing", cache=cspec)
+  tf = steps.teacher_forcing_inputs(settings, jax.random.key(1), x, batch, n, 3)
+  np.testing.assert_array_equal(np.asarray(tf["clean_latents"]), np.asarray(x))  # exactly clean
+  k1, k2 = jax.random.split(jax.random.key(2))
+  t = jax.random.uniform(k1, (b, 12))
+  x_t = flow.noisy(x, jax.random.normal(k2, x.shape), t)
+  v = steps.predict_velocity(SPEC, params, x_t, t, batch["context"], "causal", **tf)
+  per_chunk = lambda a: einops.rearrange(a, "b (n f) ... -> n b f ...", n=n)
+  sampler = BlockSampler(SPEC, cspec, SamplerSpec(), (4, 4))
+  pooled = jnp.moveaxis(steps.chunk_pooled(batch, n), 1, 0)           # [n, B, E]
+  _, preds = jax.jit(sampler.teacher_forced)(params, kvc.init(cspec, b), per_chunk(x_t),
+                                             per_chunk(t), per_chunk(x),
+                                             jnp.moveaxis(batch["context"], 1, 0), pooled)
+  ref = einops.rearrange(preds, "n b f ... -> b (n f) ...")
+  np.testing.assert_allclose(np.asarray(v), np.asarray(ref), atol=2e-5)
+  full = steps.predict_velocity(SPEC, params, x_t, t, batch["context"], "causal",
+                                clean_latents=x)                     # sees every earlier chunk
+  gap = np.abs(np.asarray(v - full)).max(axis=(0, 2, 3, 4))           # [F]
+  if mode == "window":                # chunk 3 does not see chunk 1 (sink 0 + local 2 only)
+    assert gap[:9].max() == 0 and gap[9:].min() > 1e-4, gap
+  else:
+    assert gap.max() == 0, gap
+
+
+def test_sparse_visibility_retrieves_the_most_similar_earlier_chunk():
+  """Hand-built: 5 chunks, sink 1 + local 1 + top-1 retrieval; chunk 4's prompt is chunk 1's."""
+  e = jnp.eye(SPEC.text_dim)
+  pooled = jnp.stack([e[0], e[1], e[2], e[3], e[1] + 0.1 * e[2]])[None]   # [1, 5, E]
+  vis = np.asarray(kvc.chunk_visibility(_tf_cache("sparse", 5, bank_slots=4, retrieve_top_l=1),
+                                        5, pooled))[0]
+  want = np.zeros((5, 5), bool)
+  want[1, 0] = want[2, [0, 1]] = want[3, [0, 1, 2]] = True  # sink + local; chunk 3 retrieves 1
+  want[4, [0, 3, 1]] = True                                # sink, local, retrieved chunk 1 (not 2)
+  np.testing.assert_array_equal(vis, want)
+  window = np.asarray(kvc.chunk_visibility(_tf_cache("window", 5), 5))[0]
+  c, j = np.arange(5)[:, None], np.arange(5)[None, :]
+  np.testing.assert_array_equal(window, (j < c) & ((j == 0) | (j == c - 1)))
+  with pytest.raises(ValueError, match="pooled prompts"):
+    kvc.chunk_visibility(_tf_cache("sparse", 5), 5)
+
+
+def test_noise_top_is_drawn_below_t_max():
+  from blockvid_jax.diffusion import noise  # pylint: disable=import-outside-toplevel
+  t = np.asarray(noise.chunk_times(jax.random.key(0), 2000, 4, "linear", 0.2, 1.0, 0.3))
+  top = t[:, -1]                                            # the ramp's last chunk = t_max
+  assert top.min() >= 0.7 - 1e-6 and top.max() <= 1.0 and top.max() - top.min() > 0.25
+  assert abs(float(top.mean()) - 0.85) < 0.01 and t[:, 0].max() <= 0.2
+  with pytest.raises(ValueError, match="t_max_range"):
+    noise.chunk_times(jax.random.key(0), 2, 4, "linear", 0.8, 1.0, 0.3)

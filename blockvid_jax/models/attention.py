@@ -52,19 +52,23 @@ def block_causal_mask(q_chunk: Array, k_chunk: Array) -> Array:
   return k_chunk[None, :] <= q_chunk[:, None]
 
 
-def teacher_forcing_mask(chunk: Array) -> Array:
-  """Mask of the [clean | noisy] doubled layout, chunk [L] ids of one half -> [2L, 2L] bool.
+def teacher_forcing_mask(chunk: Array, visible: Optional[Array] = None) -> Array:
+  """Mask of the [clean | noisy] doubled layout, chunk [L] ids of one half -> [B|1, 2L, 2L] bool.
 
-  clean chunk j sees clean chunks <= j; noisy chunk j sees clean chunks < j and noisy chunk j.
+  visible [B|1, n, n] bool: which earlier clean chunks j < c chunk c sees (default: all of them).
+  Clean chunk c (the cache's commit pass) and noisy chunk c both see the visible clean chunks and
+  their own chunk of their own half.
   """
-  qc, kc = chunk[:, None], chunk[None, :]
-  clean_clean = kc <= qc
-  noisy_clean = kc < qc
-  noisy_noisy = kc == qc
-  none = jnp.zeros_like(clean_clean)
-  top = jnp.concatenate([clean_clean, none], axis=1)            # clean queries  [L, 2L]
-  bottom = jnp.concatenate([noisy_clean, noisy_noisy], axis=1)  # noisy queries  [L, 2L]
-  return jnp.concatenate([top, bottom], axis=0)                 # [2L, 2L]
+  qc, kc = chunk[:, None], chunk[None, :]                       # [L, 1], [1, L]
+  if visible is None:
+    seen = (kc < qc)[None]                                      # [1, L, L]
+  else:
+    seen = visible[:, qc, kc] & (kc < qc)[None]                 # [B, L, L]
+  own = jnp.broadcast_to((kc == qc)[None], seen.shape)
+  none = jnp.zeros_like(seen)
+  top = jnp.concatenate([seen | own, none], axis=2)             # clean queries  [B, L, 2L]
+  bottom = jnp.concatenate([seen, own], axis=2)                 # noisy queries  [B, L, 2L]
+  return jnp.concatenate([top, bottom], axis=1)                 # [B, 2L, 2L]
 
 
 def _split_heads(x: Array, num_heads: int) -> Array:

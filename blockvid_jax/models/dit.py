@@ -100,13 +100,16 @@ class CausalDiT(nn.Module):
 
   # ------------------------------------------------------------------ public entry points
   def __call__(self, latents: Array, t: Array, context: Array, *, mode: str = "causal",
-               clean_latents: Optional[Array] = None, clean_t: Optional[Array] = None) -> Array:
+               clean_latents: Optional[Array] = None, clean_t: Optional[Array] = None,
+               clean_visible: Optional[Array] = None) -> Array:
     """latents [B, F, H, W, C], t [B, F] in [0, 1], context [B, T, E] or per-chunk captions
     [B, G, T, E] (frames F/G * g .. F/G * (g+1) - 1 cross-attend to caption g only; F/G a multiple of
     frames_per_chunk) -> flow prediction [B, F, H, W, C].
 
     With `clean_latents` (same shape as latents) the sequence is [clean | noisy], both halves at
     frame positions 0..F-1, clean tokens at timestep `clean_t` (default 0) — teacher forcing.
+    `clean_visible` [B|1, n, n] bool (n chunks): the earlier clean chunks each chunk sees (default
+    all; `cache.chunk_visibility` gives the cache's view).
     """
     s = self.spec
     if mode not in MODES:
@@ -132,7 +135,11 @@ class CausalDiT(nn.Module):
     both = jnp.concatenate([clean_latents, latents], axis=1)                # [B, 2F, H, W, C]
     t_both = jnp.concatenate([jnp.broadcast_to(clean_t, t.shape), t], axis=1)  # [B, 2F]
     pos2 = jnp.concatenate([pos, pos], axis=1)                              # [1, 2L, 3]
-    mask = teacher_forcing_mask(chunk)[None]                                # [1, 2L, 2L]
+    n = fp // fpc
+    if clean_visible is not None and (clean_visible.ndim != 3 or clean_visible.shape[1:] != (n, n)
+                                      or clean_visible.shape[0] not in (1, b)):
+      raise ConfigError(f"clean_visible must be [B|1, {n}, {n}] (chunks), got {clean_visible.shape}")
+    mask = teacher_forcing_mask(chunk, clean_visible)                       # [B|1, 2L, 2L]
     out, _ = self._forward(both, t_both, context, pos2, mask)
     return out[:, f:]                                                        # [B, F, H, W, C]
 

@@ -36,7 +36,7 @@ from blockvid_jax.training import dmd, velocity_forcing
 from blockvid_jax.training.self_forcing import (SelfForcingRollout, chunks_to_video,
                                                 per_chunk_prompts)
 from blockvid_jax.training.state import ema_update, tree_norm
-from blockvid_jax.training.steps import predict_velocity
+from blockvid_jax.training.steps import pooled_from_context, predict_velocity
 from blockvid_jax.typing import Array, PyTree
 from blockvid_jax.errors import ConfigError
 
@@ -140,12 +140,6 @@ def create_state(gen_params: PyTree, teacher_params: PyTree, gen_spec: DiTSpec,
 
 
 # --------------------------------------------------------------------------- the step
-def pooled_from_context(context: Array) -> Array:
-  """Mean of the non-padding (non-zero) token embeddings: [..., T, E] -> [..., E]."""
-  valid = jnp.any(context != 0, axis=-1, keepdims=True).astype(jnp.float32)     # [..., T, 1]
-  return jnp.sum(context * valid, axis=-2) / jnp.maximum(jnp.sum(valid, axis=-2), 1.0)
-
-
 def make_train_step(gen_spec: DiTSpec, teacher_spec: DiTSpec, rollout: SelfForcingRollout,
                     gen_tx: optax.GradientTransformation, critic_tx: optax.GradientTransformation,
                     gen_schedule: optax.Schedule, critic_schedule: optax.Schedule,

@@ -13,10 +13,12 @@ from blockvid_jax.config_lib import validate
 from blockvid_jax.diffusion.noise import SCHEDULES
 from blockvid_jax.models.spec import DiTSpec
 from blockvid_jax.training.losses import LOSS_WEIGHTS
+from blockvid_jax.training.steps import LAYOUTS
 from blockvid_jax.errors import ConfigError
 
 STAGES = ("causal", "teacher")
 DATA_KINDS = ("toy", "latents")
+CONTEXT_VIEWS = ("cache", "full")
 
 
 def add_train_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -54,10 +56,18 @@ def add_train_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   c.train.ema_start_step = 0              # the EMA equals the params until this step
   c.train.text_dropout = 0.1              # P(chunk caption -> empty prompt), for CFG
   c.train.loss_weight = "v"               # v: MSE on the velocity | x0: t^2-weighted = MSE on x0
+  c.train.layout = "teacher_forcing"      # causal stage: teacher_forcing ([clean | noisy]: noisy
+                                          # chunks see clean earlier chunks, as the sampler's cache)
+                                          # | noisy_history (one sequence, noisy earlier chunks)
+  c.train.context_view = "cache"          # teacher forcing: cache (each chunk sees the earlier
+                                          # chunks the cache would hold: cache.mode) | full (all)
+  c.train.clean_noise = 0.0               # teacher forcing: clean half at cache.context_t plus
+                                          # U(0, clean_noise) per chunk
   c.train.noise = ml_collections.ConfigDict()
   c.train.noise.kind = "cosine"           # linear | cosine (paper) | independent | constant
-  c.train.noise.t_min_max = 1.0           # t_min ~ U(0, t_min_max) per sample (ramps)
+  c.train.noise.t_min_max = 0.2           # t_min ~ U(0, t_min_max) per sample (ramps)
   c.train.noise.t_max = 1.0               # flow time of the last chunk (ramps); upper bound (others)
+  c.train.noise.t_max_range = 0.3         # t_max per sample ~ U(t_max - t_max_range, t_max)
   c.train.noise.shift = 1.0               # timestep shift applied after the schedule
   c.train.log_every = 50                  # steps between metric writes
   c.train.checkpoint_every = 500          # steps between checkpoints (the last step always saves)
@@ -124,10 +134,19 @@ def validate_train(config: ml_collections.ConfigDict) -> DiTSpec:
   _need(t.loss_weight in LOSS_WEIGHTS,
         f"train.loss_weight must be one of {list(LOSS_WEIGHTS)}, got {t.loss_weight!r}")
   _need(0.0 <= t.text_dropout < 1.0, f"train.text_dropout must be in [0, 1), got {t.text_dropout}")
+  _need(t.layout in LAYOUTS, f"train.layout must be one of {list(LAYOUTS)}, got {t.layout!r}")
+  _need(t.context_view in CONTEXT_VIEWS,
+        f"train.context_view must be one of {list(CONTEXT_VIEWS)}, got {t.context_view!r}")
+  _need(t.clean_noise >= 0 and config.cache.context_t + t.clean_noise <= 1.0,
+        f"train.clean_noise must be >= 0 with cache.context_t + clean_noise <= 1, got "
+        f"{t.clean_noise} (context_t {config.cache.context_t})")
   n = t.noise
   _need(n.kind in SCHEDULES, f"train.noise.kind must be one of {list(SCHEDULES)}, got {n.kind!r}")
   _need(0.0 < n.t_max <= 1.0, f"train.noise.t_max must be in (0, 1], got {n.t_max}")
   _need(0.0 <= n.t_min_max <= n.t_max,
         f"train.noise.t_min_max must be in [0, t_max={n.t_max}], got {n.t_min_max}")
   _need(n.shift > 0, f"train.noise.shift must be > 0, got {n.shift}")
+  _need(0.0 <= n.t_max_range <= n.t_max - n.t_min_max,
+        f"train.noise.t_max_range must be in [0, t_max - t_min_max = {n.t_max - n.t_min_max:g}], "
+        f"got {n.t_max_range}")
   return spec

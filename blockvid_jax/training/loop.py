@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence
 import jax
 from absl import logging
 
+from blockvid_jax.diffusion.sampler import build_sampler
 from blockvid_jax.training import init_from, optim, state as state_lib, steps, trainer
 from blockvid_jax.training.config import validate_train
 
@@ -33,7 +34,11 @@ def step_settings(config) -> steps.StepSettings:
                             t_max=t.noise.t_max, shift=t.noise.shift,
                             text_dropout=t.text_dropout, ema_decay=t.ema_decay,
                             ema_start_step=t.ema_start_step,
-                            loss_weight=t.loss_weight)
+                            loss_weight=t.loss_weight, t_max_range=t.noise.t_max_range,
+                            layout=t.layout, context_t=config.cache.context_t,
+                            clean_noise=t.clean_noise,
+                            cache=build_sampler(config)[1].cache if t.context_view == "cache"
+                            else None)
 
 
 def build_stage(ctx: trainer.StageContext) -> trainer.Stage:

@@ -22,12 +22,13 @@ only - no concatenated prompts, which a Wan teacher never saw in training.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from blockvid_jax.cache import CacheSpec, chunk_visibility
 from blockvid_jax.diffusion import flow, noise
 from blockvid_jax.models.dit import CausalDiT
 from blockvid_jax.models.spec import DiTSpec
@@ -37,6 +38,7 @@ from blockvid_jax.training.state import TrainState, ema_update, tree_norm
 from blockvid_jax.typing import Array, PyTree
 
 STAGE_MODES = {"causal": "causal", "teacher": "bidirectional"}
+LAYOUTS = ("teacher_forcing", "noisy_history")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,10 +53,18 @@ class StepSettings:
   ema_decay: float = 0.0         # 0: no EMA
   ema_start_step: int = 0        # the EMA equals the params until this step (state.ema_update)
   loss_weight: str = "v"         # see losses.LOSS_WEIGHTS
+  t_max_range: float = 0.0       # per-sample ramp top t_max ~ U(t_max - t_max_range, t_max)
+  layout: str = "noisy_history"  # causal stage: teacher_forcing [clean | noisy] | noisy_history
+  context_t: float = 0.0         # teacher forcing: flow time of the clean half (cache.context_t)
+  clean_noise: float = 0.0       # ... plus U(0, clean_noise) per chunk (0: exactly context_t)
+  cache: Optional[CacheSpec] = None  # teacher forcing: the clean chunks each chunk sees follow
+                                 # this cache (`cache.chunk_visibility`); None: all earlier ones
 
   def __post_init__(self):
     if self.stage not in STAGE_MODES:
       raise ValueError(f"stage must be one of {sorted(STAGE_MODES)}, got {self.stage!r}")
+    if self.layout not in LAYOUTS:
+      raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
 
 
 def dropout_context(rng: Array, context: Array, null_context: Array, p: float) -> Array:
@@ -70,11 +80,49 @@ def dropout_context(rng: Array, context: Array, null_context: Array, p: float) -
 
 
 def predict_velocity(spec: DiTSpec, params: PyTree, x_t: Array, t: Array, context: Array,
-                     mode: str) -> Array:
+                     mode: str, **teacher_forcing) -> Array:
   """The model's flow prediction v for x_t [B, F, H, W, C], t [B, F] -> [B, F, H, W, C];
   context [B, T, E] (one per window) or [B, Nc, T, E] (one per F / Nc frames: grouped
-  cross-attention, each frame sees its own chunk's caption, in either attention mode)."""
-  return CausalDiT(spec).apply({"params": params}, x_t, t, context, mode=mode)
+  cross-attention, each frame sees its own chunk's caption, in either attention mode).
+  `teacher_forcing`: clean_latents / clean_t / clean_visible of `CausalDiT.__call__`."""
+  return CausalDiT(spec).apply({"params": params}, x_t, t, context, mode=mode, **teacher_forcing)
+
+
+def pooled_from_context(context: Array) -> Array:
+  """Mean of the non-padding (non-zero) token embeddings: [..., T, E] -> [..., E]."""
+  valid = jnp.any(context != 0, axis=-1, keepdims=True).astype(jnp.float32)     # [..., T, 1]
+  return jnp.sum(context * valid, axis=-2) / jnp.maximum(jnp.sum(valid, axis=-2), 1.0)
+
+
+def chunk_pooled(batch: dict, num_chunks: int) -> Array:
+  """Each model chunk's pooled prompt [B, n, E], from batch["pooled"] ([B, Nc, E] or [B, E]) or
+  the mean of its caption's token embeddings."""
+  pooled = batch.get("pooled")
+  pooled = pooled_from_context(batch["context"]) if pooled is None else pooled
+  if pooled.ndim == 2:
+    return jnp.broadcast_to(pooled[:, None], (pooled.shape[0], num_chunks, pooled.shape[-1]))
+  return jnp.repeat(pooled, num_chunks // pooled.shape[1], axis=1)                  # [B, n, E]
+
+
+def teacher_forcing_inputs(settings: StepSettings, rng: Array, x: Array, batch: dict,
+                           num_chunks: int, frames_per_chunk: int) -> dict:
+  """The clean half of the teacher-forcing layout for clean latents x [B, F, H, W, C]:
+  clean_latents at clean_t [B, F] (context_t, plus U(0, clean_noise) per chunk) and the chunk
+  visibility of `settings.cache` -> keyword arguments of `predict_velocity`."""
+  k_t, k_eps = jax.random.split(rng)
+  b = x.shape[0]
+  t_c = settings.context_t + jax.random.uniform(k_t, (b, num_chunks), jnp.float32, 0.0,
+                                                settings.clean_noise)           # [B, n]
+  clean_t = noise.frame_times(t_c, frames_per_chunk)                            # [B, F]
+  if settings.context_t == 0.0 and settings.clean_noise == 0.0:
+    clean = x                                                                   # exactly clean
+  else:
+    clean = flow.noisy(x, jax.random.normal(k_eps, x.shape, jnp.float32), clean_t)
+  visible = None
+  if settings.cache is not None:
+    pooled = chunk_pooled(batch, num_chunks) if settings.cache.n_retrieve else None
+    visible = chunk_visibility(settings.cache, num_chunks, pooled)               # [B|1, n, n]
+  return dict(clean_latents=clean, clean_t=clean_t, clean_visible=visible)
 
 
 def make_train_step(spec: DiTSpec, tx: optax.GradientTransformation, schedule: optax.Schedule,
@@ -90,15 +138,19 @@ def make_train_step(spec: DiTSpec, tx: optax.GradientTransformation, schedule: o
     b, f = x.shape[:2]
     n = f // fpc
     t = noise.training_times(k_t, b, n, fpc, kind=settings.noise_kind, t_min_max=settings.t_min_max,
-                             t_max=settings.t_max, shift=settings.shift)      # [B, F]
+                             t_max=settings.t_max, shift=settings.shift,
+                             t_max_range=settings.t_max_range)                 # [B, F]
     eps = jax.random.normal(k_eps, x.shape, jnp.float32)                       # [B, F, H, W, C]
     x_t = flow.noisy(x, eps, t)
     target = flow.velocity_target(x, eps)
     context = dropout_context(k_drop, batch["context"], batch["null_context"],
                               settings.text_dropout)
+    tf = {}
+    if settings.layout == "teacher_forcing" and mode == "causal":
+      tf = teacher_forcing_inputs(settings, jax.random.fold_in(rng, 3), x, batch, n, fpc)
 
     def loss_fn(params):
-      v = predict_velocity(spec, params, x_t, t, context, mode)                # [B, F, H, W, C]
+      v = predict_velocity(spec, params, x_t, t, context, mode, **tf)          # [B, F, H, W, C]
       weight = losses.frame_weights(t, settings.loss_weight)                   # [B, F]
       return losses.flow_matching_loss(v, target, weight), v
 
