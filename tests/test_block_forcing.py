@@ -2,6 +2,8 @@
 (== the sampler at the last exit step; gradients only through the exit steps), DMD on an analytic
 Gaussian, and the full step on 8 devices == 1 device with replicated exit steps."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,27 +56,63 @@ def test_velocity_forcing_gamma1_mix0_is_plain_flow_matching():
   x = jax.random.normal(ks[0], (2, 12, 4, 4, 16))
   eps = jax.random.normal(ks[1], x.shape)
   v_pred = jax.random.normal(ks[2], x.shape)
-  pooled = jax.random.normal(ks[3], (2, 4, 8))
+  idx = jnp.zeros((2, 4, 1), jnp.int32)
+  valid = jnp.ones((2, 4, 1), bool)                                    # every chunk retrieves 0
   plain = losses.flow_matching_loss(v_pred, flow.velocity_target(x, eps))
-  got = vf.loss(v_pred, x, eps, pooled, gamma=1.0, cond_mix=0.0)
+  got = vf.loss(v_pred, x, eps, idx, valid, gamma=1.0, cond_mix=0.0)
   assert np.asarray(got) == np.asarray(plain)                          # exactly, not approximately
-  np.testing.assert_array_equal(np.asarray(vf.target(x, eps, pooled, 1.0, 0.0)),
+  np.testing.assert_array_equal(np.asarray(vf.target(x, eps, idx, valid, 1.0, 0.0)),
                                 np.asarray(eps - x))
-  assert float(vf.loss(v_pred, x, eps, pooled, gamma=1.0, cond_mix=0.5)) != float(plain)
+  assert float(vf.loss(v_pred, x, eps, idx, valid, gamma=1.0, cond_mix=0.5)) != float(plain)
 
 
-def test_velocity_forcing_retrieves_the_most_similar_earlier_chunk():
+def test_velocity_forcing_target_from_the_chunks_the_cache_retrieves():
+  """Hand-built: scenes A B A B C over 5 chunks, a sparse cache with sink 1, local 1, top-2 bank
+  retrieval. Chunks 0-2 retrieve nothing (everything earlier is in the sink or local window) and
+  keep x; chunk 3 (B) retrieves chunk 1 (the only eligible one); chunk 4 (C) gets the mean of
+  chunks 1 and 2 (its two eligible chunks)."""
   a, b, c = np.eye(3, dtype=np.float32)
-  pooled = jnp.asarray(np.stack([[a, b, a + 0.1 * c, b, c]]))          # [1, 5, 3]: scenes A B A B C
-  idx = vf.retrieve_earlier(pooled)
-  np.testing.assert_array_equal(np.asarray(idx), [[0, 0, 0, 1, 2]])    # first chunk: itself
+  pooled = jnp.asarray(np.stack([[a, b, a + 0.1 * c, b, c]]))          # [1, 5, 3]
+  cspec = kvc.CacheSpec(num_layers=1, num_heads=1, head_dim=8, tokens_per_chunk=4,
+                        frames_per_chunk=3, embed_dim=3, sink_chunks=1, local_chunks=1,
+                        bank_slots=4, k_salient=2, retrieve_top_l=2)
+  idx, valid = kvc.retrieved_chunks(cspec, 5, pooled)
+  assert np.asarray(valid).sum(axis=-1).tolist() == [[0, 0, 0, 1, 2]]
   x = jnp.arange(5, dtype=jnp.float32).reshape(1, 5, 1, 1, 1) * jnp.ones((1, 5, 2, 2, 1))
   x = jnp.repeat(x, 3, axis=1)                                          # [1, 15, 2, 2, 1] chunks 0..4
-  x_cond = vf.conditioning(x, pooled, cond_mix=1.0)
-  np.testing.assert_array_equal(np.asarray(x_cond[0, ::3, 0, 0, 0]), [0, 0, 0, 1, 2])
+  x_cond = vf.conditioning(x, idx, valid, cond_mix=1.0)
+  np.testing.assert_array_equal(np.asarray(x_cond[0, ::3, 0, 0, 0]), [0, 1, 2, 1, 1.5])
   eps = jnp.zeros_like(x)
-  np.testing.assert_allclose(np.asarray(vf.target(x, eps, pooled, 2.0, 0.25)),
-                             np.asarray(-2.0 * (0.75 * x + 0.25 * vf.retrieved_latents(x, idx))))
+  want = -2.0 * (0.75 * x + 0.25 * jnp.asarray([0, 1, 2, 1, 1.5]).repeat(3).reshape(1, 15, 1, 1, 1))
+  np.testing.assert_allclose(np.asarray(vf.target(x, eps, idx, valid, 2.0, 0.25)),
+                             np.asarray(want), rtol=1e-6)
+
+
+def test_velocity_forcing_predicts_through_the_generators_cache():
+  """The VF prediction of chunk c sees only the clean chunks the sparse cache would hold: 5 chunks,
+  sink 1 + local 1 + top-1 retrieval, chunk 4's prompt = chunk 1's -> chunk 4 sees chunks 0, 1, 3
+  and not 2; chunk 3 sees chunk 2 (its local window). One layer, so that chunk 2 cannot reach
+  chunk 4 through clean chunk 3's K/V (as it does, correctly, through a deeper cache)."""
+  one = dataclasses.replace(SPEC, num_layers=1)
+  params = init_params(one, jax.random.key(0))
+  e = jnp.eye(SPEC.text_dim)
+  ks = jax.random.split(jax.random.key(4), 3)
+  x = jax.random.normal(ks[0], (1, 15, *HW, 16))
+  batch = {"context": jax.random.normal(ks[1], (1, 5, 5, SPEC.text_dim)),
+           "pooled": jnp.stack([e[0], e[1], e[2], e[3], e[1]])[None]}
+  cspec = kvc.CacheSpec(num_layers=1, num_heads=SPEC.num_heads,
+                        head_dim=SPEC.head_dim, tokens_per_chunk=12, frames_per_chunk=3,
+                        embed_dim=SPEC.text_dim, sink_chunks=1, local_chunks=1, bank_slots=4,
+                        k_salient=4, retrieve_top_l=1)
+  tf, idx, valid = vf.through_cache(jax.random.key(0), x, batch, cspec, 3)
+  assert int(idx[0, 4, 0]) == 1 and bool(valid[0, 4, 0]) and not bool(valid[0, 2, 0])
+  t = jnp.full((1, 15), 0.7)
+  x_t = jax.random.normal(ks[2], x.shape)
+  v = lambda clean: steps.predict_velocity(one, params, x_t, t, batch["context"], "causal",
+                                           **dict(tf, clean_latents=clean))
+  moved = np.abs(np.asarray(v(x.at[:, 6:9].add(3.0)) - v(x))).max(axis=(0, 2, 3, 4))   # [F]
+  assert moved[12:].max() == 0.0 and moved[:9].max() == 0.0, moved         # chunks 4, 0-2
+  assert moved[9:12].min() > 1e-4, moved                                  # chunk 3
 
 
 def test_pooled_from_context_matches_the_text_encoder():

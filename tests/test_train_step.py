@@ -201,8 +201,7 @@ def test_teacher_forcing_step_predicts_what_the_cached_rollout_does(mode):
   batch = _batch(4, b=b, nc=n, hw=4)                                  # 4 chunks, 4 captions
   x = batch["latents"]
   cspec = _tf_cache(mode, n)
-  settings = steps.StepSettings(layout="teacher_forcing", cache=cspec)
-  tf = steps.teacher_forcing_inputs(settings, jax.random.key(1), x, batch, n, 3)
+  tf = steps.teacher_forcing_inputs(jax.random.key(1), x, batch, n, 3, cache=cspec)
   np.testing.assert_array_equal(np.asarray(tf["clean_latents"]), np.asarray(x))  # exactly clean
   k1, k2 = jax.random.split(jax.random.key(2))
   t = jax.random.uniform(k1, (b, 12))

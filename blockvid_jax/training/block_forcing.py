@@ -10,7 +10,8 @@ One step `train_step(state, batch, rng) -> (state, metrics)`:
   2. generator: one update of  L_DMD(rollout) + lambda_vf * L_VF(data window), where the rollout is
      `self_forcing.SelfForcingRollout` (exit steps from `fold_in(rng, EXIT)`, identical on every
      device) and L_VF is `velocity_forcing.loss` on the ground-truth window under the chunk-wise noise
-     schedule, with the generator's block-causal forward.
+     schedule, predicted through the generator's cache (teacher-forcing layout with the cache's
+     chunk visibility; x_cond from the chunks its bank retrieves).
 The batch is the causal stage's (`training.steps`): latents [B, F, H, W, C], context [B, Nc, T, E],
 null_context [T, E], and optionally pooled [B, Nc, E] (else derived from context: the mean of the
 non-padding token embeddings, which is what the text encoders pool).
@@ -41,7 +42,7 @@ from blockvid_jax.typing import Array, PyTree
 from blockvid_jax.errors import ConfigError
 
 # fold_in tags of the step rng (fixed: the exit steps must not depend on anything device-local).
-EXIT, ROLLOUT, DMD, VF, CRITIC = range(5)
+EXIT, ROLLOUT, DMD, VF, CRITIC, VF_CLEAN = range(6)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,11 +169,11 @@ def make_train_step(gen_spec: DiTSpec, teacher_spec: DiTSpec, rollout: SelfForci
     null = jnp.broadcast_to(batch["null_context"].astype(context.dtype), context.shape)
     b, f = x_data.shape[:2]
     n = f // fpc
-    texts, chunk_pooled = per_chunk_prompts(context, pooled, n)      # [n, B, T, E], [n, B, E]
+    texts, roll_pooled = per_chunk_prompts(context, pooled, n)       # [n, B, T, E], [n, B, E]
 
     def sample(params, key):                                         # a stop-gradient rollout
       k_exit, k_roll = jax.random.split(key)
-      chunks = rollout.rollout(jax.lax.stop_gradient(params), texts, chunk_pooled, k_roll,
+      chunks = rollout.rollout(jax.lax.stop_gradient(params), texts, roll_pooled, k_roll,
                                rollout.exit_steps(k_exit, n))
       return jax.lax.stop_gradient(chunks_to_video(chunks))          # [B, F, H, W, C]
 
@@ -210,8 +211,14 @@ def make_train_step(gen_spec: DiTSpec, teacher_spec: DiTSpec, rollout: SelfForci
                        jnp.concatenate([x_t, x_t], axis=0), jnp.concatenate([t, t], axis=0))
       return dmd.guided(both[:b], both[b:], s.guidance)
 
+    # Velocity Forcing through the generator's cache: the data window in the teacher-forcing
+    # layout with the cache's chunk visibility, x_cond from the chunks its bank retrieves.
+    vf_context, *vf_retrieved = velocity_forcing.through_cache(
+        jax.random.fold_in(rng, VF_CLEAN), x_data, dict(batch, pooled=pooled),
+        rollout.sampler.cache, fpc, rollout.sampler.sampler.context_t)
+
     def gen_loss(params):
-      chunks = rollout.rollout(params, texts, chunk_pooled, jax.random.fold_in(rng, ROLLOUT), exits)
+      chunks = rollout.rollout(params, texts, roll_pooled, jax.random.fold_in(rng, ROLLOUT), exits)
       x = chunks_to_video(chunks)                                    # [B, F, H, W, C]
       l_dmd, aux = dmd.generator_loss(x, jax.random.fold_in(rng, DMD), real_x0, fake,
                                       t_min=s.t_min, t_max=s.t_max, shift=s.shift)
@@ -222,8 +229,9 @@ def make_train_step(gen_spec: DiTSpec, teacher_spec: DiTSpec, rollout: SelfForci
         t = noise.training_times(k_t, b, n, fpc, kind=s.noise_kind, t_min_max=s.t_min_max,
                                  t_max=s.noise_t_max, shift=s.noise_shift)   # [B, F]
         eps = jax.random.normal(k_eps, x_data.shape, jnp.float32)
-        v = predict_velocity(gen_spec, params, flow.noisy(x_data, eps, t), t, context, "causal")
-        l_vf = velocity_forcing.loss(v, x_data, eps, pooled, s.vf_gamma, s.vf_cond_mix)
+        v = predict_velocity(gen_spec, params, flow.noisy(x_data, eps, t), t, context, "causal",
+                             **vf_context)
+        l_vf = velocity_forcing.loss(v, x_data, eps, *vf_retrieved, s.vf_gamma, s.vf_cond_mix)
         aux["vf_loss"] = l_vf
         total = total + s.lambda_vf * l_vf
       aux["rollout_abs"] = jnp.mean(jnp.abs(jax.lax.stop_gradient(x)))

@@ -104,24 +104,24 @@ def chunk_pooled(batch: dict, num_chunks: int) -> Array:
   return jnp.repeat(pooled, num_chunks // pooled.shape[1], axis=1)                  # [B, n, E]
 
 
-def teacher_forcing_inputs(settings: StepSettings, rng: Array, x: Array, batch: dict,
-                           num_chunks: int, frames_per_chunk: int) -> dict:
+def teacher_forcing_inputs(rng: Array, x: Array, batch: dict, num_chunks: int,
+                           frames_per_chunk: int, *, context_t: float = 0.0,
+                           clean_noise: float = 0.0, cache: Optional[CacheSpec] = None) -> dict:
   """The clean half of the teacher-forcing layout for clean latents x [B, F, H, W, C]:
   clean_latents at clean_t [B, F] (context_t, plus U(0, clean_noise) per chunk) and the chunk
-  visibility of `settings.cache` -> keyword arguments of `predict_velocity`."""
+  visibility of `cache` (None: every earlier chunk) -> keyword arguments of `predict_velocity`."""
   k_t, k_eps = jax.random.split(rng)
   b = x.shape[0]
-  t_c = settings.context_t + jax.random.uniform(k_t, (b, num_chunks), jnp.float32, 0.0,
-                                                settings.clean_noise)           # [B, n]
+  t_c = context_t + jax.random.uniform(k_t, (b, num_chunks), jnp.float32, 0.0, clean_noise)
   clean_t = noise.frame_times(t_c, frames_per_chunk)                            # [B, F]
-  if settings.context_t == 0.0 and settings.clean_noise == 0.0:
+  if context_t == 0.0 and clean_noise == 0.0:
     clean = x                                                                   # exactly clean
   else:
     clean = flow.noisy(x, jax.random.normal(k_eps, x.shape, jnp.float32), clean_t)
   visible = None
-  if settings.cache is not None:
-    pooled = chunk_pooled(batch, num_chunks) if settings.cache.n_retrieve else None
-    visible = chunk_visibility(settings.cache, num_chunks, pooled)               # [B|1, n, n]
+  if cache is not None:
+    pooled = chunk_pooled(batch, num_chunks) if cache.n_retrieve else None
+    visible = chunk_visibility(cache, num_chunks, pooled)                        # [B|1, n, n]
   return dict(clean_latents=clean, clean_t=clean_t, clean_visible=visible)
 
 
@@ -147,7 +147,9 @@ def make_train_step(spec: DiTSpec, tx: optax.GradientTransformation, schedule: o
                               settings.text_dropout)
     tf = {}
     if settings.layout == "teacher_forcing" and mode == "causal":
-      tf = teacher_forcing_inputs(settings, jax.random.fold_in(rng, 3), x, batch, n, fpc)
+      tf = teacher_forcing_inputs(jax.random.fold_in(rng, 3), x, batch, n, fpc,
+                                  context_t=settings.context_t, clean_noise=settings.clean_noise,
+                                  cache=settings.cache)
 
     def loss_fn(params):
       v = predict_velocity(spec, params, x_t, t, context, mode, **tf)          # [B, F, H, W, C]
