@@ -7,6 +7,14 @@ returning scene resumes where it was left (same look, sprite at the position it 
 cut away), so a model that retrieves the earlier chunks of the same caption can continue it; that is
 what BlockVid's semantic cache is for.
 
+With `identities=True` (the toy where memory matters, DESIGN 7) each scene also gets a per-video
+random *identity* that its caption does not name (`toy_identity`): exact sprite and background
+shades (jittered around the named colours, still nearest to them in the palette), a sprite texture
+and a background pattern, and a random start position; and `min_return_gap` makes a scene return
+only after at least that many chunks of other scenes, i.e. after it has left a local window of that
+size. A window cache then cannot restore a returning scene from its caption: only memory of its first
+appearance can.
+
 Features (no TensorFlow needed to build or read, so no Video/Image features):
   frames      uint8 [T, H, W, 3]  with T = chunks_per_video * frames_per_chunk
   captions    str   [C]           one caption per chunk (C = chunks_per_video)
@@ -23,12 +31,14 @@ Generation is a pure function of (config, split, video index): same seed -> iden
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
 from blockvid_jax.data import toy_grammar as grammar
+from blockvid_jax.data import toy_identity
 
 _SPLIT_CODES = {"train": 0, "test": 1}
 # "random": a scene's sprite starts anywhere; "centre": it starts centred, so a scene's first frame
@@ -49,6 +59,8 @@ class ToyLongVideoConfig(tfds.core.BuilderConfig):
   use_digits: bool = True       # digits from the built-in 3x5 font besides the four shapes
   sprite_size: int = 0          # sprite side in pixels (0: max(4, resolution // 4))
   sprite_start: str = "random"  # a scene's first sprite position: "random" | "centre"
+  identities: bool = False      # per-video scene identities not named by the captions
+  min_return_gap: int = 0       # chunks of other scenes before a scene may return
   seed: int = 0
 
   def validate(self) -> None:
@@ -63,6 +75,11 @@ class ToyLongVideoConfig(tfds.core.BuilderConfig):
                        f"got {self.sprite_size}")
     if self.sprite_start not in SPRITE_STARTS:
       raise ValueError(f"sprite_start must be one of {SPRITE_STARTS}, got {self.sprite_start!r}")
+    if self.min_return_gap < 0:
+      raise ValueError(f"min_return_gap must be >= 0, got {self.min_return_gap}")
+    if self.identities and self.sprite_start != "random":
+      raise ValueError("identities=True draws the start position per video: sprite_start must be "
+                       "'random'")
     if not 1 <= self.min_scenes <= self.max_scenes:
       raise ValueError(f"need 1 <= min_scenes <= max_scenes, got {self.min_scenes}, "
                        f"{self.max_scenes}")
@@ -79,17 +96,21 @@ class ToyLongVideoConfig(tfds.core.BuilderConfig):
 def toy_config(*, resolution: int = 32, frames_per_chunk: int = 3, chunks_per_video: int = 12,
                num_videos: int = 64, num_test_videos: int = 8, min_scenes: int = 2,
                max_scenes: int = 3, use_digits: bool = True, sprite_size: int = 0,
-               sprite_start: str = "random", seed: int = 0) -> ToyLongVideoConfig:
+               sprite_start: str = "random", identities: bool = False, min_return_gap: int = 0,
+               seed: int = 0) -> ToyLongVideoConfig:
   """A config whose name encodes every field, so each geometry/seed builds into its own folder."""
   name = (f"r{resolution}_f{frames_per_chunk}_c{chunks_per_video}_n{num_videos}"
           f"_t{num_test_videos}_s{min_scenes}-{max_scenes}_{'d' if use_digits else 'nd'}"
           f"{f'_z{sprite_size}' if sprite_size else ''}"
-          f"{'_centre' if sprite_start == 'centre' else ''}_seed{seed}")
+          f"{'_centre' if sprite_start == 'centre' else ''}"
+          f"{'_id' if identities else ''}{f'_g{min_return_gap}' if min_return_gap else ''}"
+          f"_seed{seed}")
   config = ToyLongVideoConfig(
       name=name, description="procedural sprites with recurring scenes", resolution=resolution,
       frames_per_chunk=frames_per_chunk, chunks_per_video=chunks_per_video, num_videos=num_videos,
       num_test_videos=num_test_videos, min_scenes=min_scenes, max_scenes=max_scenes,
-      use_digits=use_digits, sprite_size=sprite_size, sprite_start=sprite_start, seed=seed)
+      use_digits=use_digits, sprite_size=sprite_size, sprite_start=sprite_start,
+      identities=identities, min_return_gap=min_return_gap, seed=seed)
   config.validate()
   return config
 
@@ -124,8 +145,11 @@ def _sample_scenes(rng: np.random.Generator, count: int,
   return scenes
 
 
-def _scene_pattern(rng: np.random.Generator, num_scenes: int, num_chunks: int) -> np.ndarray:
-  """Scene id per chunk [C]: shots of 1-2 chunks; first visits in order, later shots revisit."""
+def _scene_pattern(rng: np.random.Generator, num_scenes: int, num_chunks: int,
+                   min_gap: int = 0) -> np.ndarray:
+  """Scene id per chunk [C]: shots of 1-2 chunks; first visits in order, later shots revisit a
+  different scene whose last chunk lies at least `min_gap` chunks back (until one does, the current
+  shot goes on)."""
   ids: list[int] = []
   shot = 0
   while len(ids) < num_chunks:
@@ -133,8 +157,12 @@ def _scene_pattern(rng: np.random.Generator, num_scenes: int, num_chunks: int) -
       scene = shot
     elif num_scenes == 1:
       scene = 0
-    else:  # cut to a different scene that was already seen
-      others = [s for s in range(num_scenes) if s != ids[-1]]
+    else:  # cut to a different scene that was already seen (and has been away long enough)
+      last = {s: i for i, s in enumerate(ids)}
+      others = [s for s in range(num_scenes) if s != ids[-1] and len(ids) - 1 - last[s] >= min_gap]
+      if not others:
+        ids.append(ids[-1])
+        continue
       scene = others[rng.integers(len(others))]
     ids.extend([scene] * int(rng.integers(1, 3)))
     shot += 1
@@ -169,16 +197,23 @@ def _step(state: _SpriteState, motion: str, resolution: int, size: int) -> None:
     setattr(state, pos, p)
 
 
-def _render(scene: grammar.SceneSpec, state: _SpriteState, mask: np.ndarray,
-            resolution: int) -> np.ndarray:
-  """One frame uint8 [H, W, 3]; the sprite wraps around the borders."""
-  frame = np.empty((resolution, resolution, 3), dtype=np.uint8)  # [H, W, 3]
-  frame[...] = np.asarray(grammar.BACKGROUND_COLOURS[scene.background], dtype=np.uint8)
+def render_frame(scene: grammar.SceneSpec, y: int, x: int, mask: np.ndarray, resolution: int,
+                 identity: Optional[toy_identity.Identity] = None) -> np.ndarray:
+  """One frame uint8 [H, W, 3] of a scene with the sprite's top-left corner at (y, x) (wrapping
+  around the borders) and its ink mask [size, size]; with `identity`, that identity's look."""
+  if identity is None:
+    frame = np.empty((resolution, resolution, 3), dtype=np.uint8)  # [H, W, 3]
+    frame[...] = np.asarray(grammar.BACKGROUND_COLOURS[scene.background], dtype=np.uint8)
+    ink = np.asarray(grammar.SPRITE_COLOURS[scene.colour], dtype=np.uint8)
+  else:
+    frame = toy_identity.background(identity, resolution)                        # [H, W, 3]
   size = mask.shape[0]
-  rows = (state.y + np.arange(size)) % resolution  # [size]
-  cols = (state.x + np.arange(size)) % resolution  # [size]
+  rows = (y + np.arange(size)) % resolution  # [size]
+  cols = (x + np.arange(size)) % resolution  # [size]
   patch = frame[rows[:, None], cols[None, :]]  # [size, size, 3]
-  patch[mask] = np.asarray(grammar.SPRITE_COLOURS[scene.colour], dtype=np.uint8)
+  if identity is not None:
+    ink = toy_identity.sprite_texture(identity, size)[mask]                      # [M, 3]
+  patch[mask] = ink
   frame[rows[:, None], cols[None, :]] = patch
   return frame
 
@@ -193,11 +228,15 @@ def generate_video(config: ToyLongVideoConfig, split: str, index: int) -> dict[s
   size = config.sprite_side
   masks = [grammar.sprite_mask(s.obj, size) for s in scenes]
   states = [_initial_state(rng, s.motion, res, size, config.sprite_start) for s in scenes]
-  scene_ids = _scene_pattern(rng, num_scenes, num_chunks)  # [C]
+  scene_ids = _scene_pattern(rng, num_scenes, num_chunks, config.min_return_gap)  # [C]
+  # Drawn after everything else, so a build without identities keeps its bytes.
+  idents = ([toy_identity.sample(rng, s) for s in scenes] if config.identities
+            else [None] * num_scenes)
   frames = np.empty((num_chunks * fpc, res, res, 3), dtype=np.uint8)  # [T, H, W, 3]
   for c, s in enumerate(scene_ids):
     for f in range(fpc):
-      frames[c * fpc + f] = _render(scenes[s], states[s], masks[s], res)
+      frames[c * fpc + f] = render_frame(scenes[s], states[s].y, states[s].x, masks[s], res,
+                                         idents[s])
       _step(states[s], scenes[s].motion, res, size)
   captions = np.asarray([grammar.caption(scenes[s]) for s in scene_ids], dtype=object)  # [C] str
   return {"frames": frames, "captions": captions, "scene_ids": scene_ids,

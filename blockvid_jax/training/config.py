@@ -36,6 +36,9 @@ def add_train_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   c.data.use_digits = True                # toy: digits besides the four shapes
   c.data.sprite_size = 0                  # toy: sprite side in pixels (0: resolution // 4)
   c.data.sprite_start = "random"          # toy: a scene's first sprite position: random | centre
+  c.data.identities = False               # toy: per-video scene identities the captions do not
+                                          # name (shades, texture, pattern; memory matters)
+  c.data.min_return_gap = 0               # toy: chunks of other scenes before a scene returns
   c.data.num_threads = 2                  # grain reader threads (threads, not processes)
   c.data.prefetch = 4                     # grain prefetch buffer (batches)
 
@@ -111,6 +114,11 @@ def validate_train(config: ml_collections.ConfigDict) -> DiTSpec:
     _need(bool(d.data_dir), "data.kind='latents' needs data.data_dir (a latent_folder directory)")
   if d.kind == "toy":
     _need(config.autoencoder.kind == "toy", "data.kind='toy' needs autoencoder.kind='toy'")
+    _need(not d.identities or d.sprite_start == "random",
+          "data.identities=True draws each scene's start position: data.sprite_start must be "
+          "'random'")
+    _need(isinstance(d.min_return_gap, int) and d.min_return_gap >= 0,
+          f"data.min_return_gap must be a non-negative integer, got {d.min_return_gap!r}")
     _need(config.video.latent_height == config.video.latent_width,
           "toy videos are square: video.latent_height must equal video.latent_width")
     _need(config.text.encoder == "toy", "data.kind='toy' needs text.encoder='toy'")

@@ -31,7 +31,8 @@ def toy_data_config(config, num_chunks: int = 0):
                     chunks_per_video=num_chunks or d.chunks_per_video,
                     num_videos=d.num_videos, num_test_videos=d.num_test_videos,
                     use_digits=d.use_digits, sprite_size=d.sprite_size,
-                    sprite_start=d.sprite_start, seed=d.toy_seed)
+                    sprite_start=d.sprite_start, identities=d.identities,
+                    min_return_gap=d.min_return_gap, seed=d.toy_seed)
 
 
 def _build_once(pipeline, data_dir: str, toy):
