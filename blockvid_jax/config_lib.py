@@ -26,7 +26,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.frames_per_chunk = 3            # latent frames per causal chunk (DESIGN 10)
   c.model.dtype = "float32"               # matmul compute dtype (float32 | bfloat16)
   c.model.remat_policy = "none"           # none | full | dots | dots_no_batch
-  c.model.attention_impl = "xla"          # xla | fused (cuDNN flash attention on GPU)
+  c.model.attention_impl = "xla"          # xla | chunked (flash algorithm, any backend) | cudnn
+                                          # (GPU) | auto
   c.model.prediction = "v"                # v (public checkpoints) | x0 (clean-latent head, toy)
 
   c.mesh = ml_collections.ConfigDict()

@@ -275,8 +275,19 @@ def test_remat_policies_save_fewer_residuals(params):
   assert sizes["none"][0] > sizes["dots"][0] > sizes["full"][0], sizes
 
 
-def test_fused_attention_matches_xla(params):
+def test_chunked_attention_model_matches_xla_and_is_the_one_used(params):
+  """The whole tiny DiT with attention_impl="chunked" (key blocks of 8: several per attention) ==
+  the xla reference, and the dispatcher's record shows which implementation ran."""
+  from blockvid_jax.models import attention_kernels as ak  # pylint: disable=import-outside-toplevel
   lat, t, ctx = _inputs()
   a = CausalDiT(SPEC).apply({"params": params}, lat, t, ctx)
-  b = CausalDiT(DiTSpec.preset("tiny", attention_impl="fused")).apply({"params": params}, lat, t, ctx)
+  before = dict(ak.USED)
+  old = ak.KEY_BLOCK
+  ak.KEY_BLOCK = 8
+  try:
+    b = CausalDiT(DiTSpec.preset("tiny", attention_impl="chunked")).apply(
+        {"params": params}, lat, t, ctx)
+  finally:
+    ak.KEY_BLOCK = old
+  assert ak.USED["chunked"] > before["chunked"] and ak.USED["cudnn"] == before["cudnn"]
   assert float(jnp.abs(a - b).max()) < 1e-5

@@ -13,38 +13,28 @@ import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from blockvid_jax.models import rope
+from blockvid_jax.models import attention_kernels, rope
 from blockvid_jax.models.embeddings import RMSNorm, dense
-from blockvid_jax.models.spec import AttentionImpl
 from blockvid_jax.typing import Array
 
-_NEG = -1e30  # logits of masked keys (finite so fully-masked padding rows stay NaN-free)
 
 
 def attend(q: Array, k: Array, v: Array, mask: Optional[Array], impl: str = "xla",
-           return_probs_mean: bool = False) -> tuple[Array, Optional[Array]]:
-  """Softmax attention. q [B, L, N, H]; k, v [B, S, N, H]; mask [B|1, L, S] bool (True = attend).
+           saliency_start: Optional[int] = None) -> tuple[Array, Optional[Array]]:
+  """Softmax attention. q [B, L, N, H]; k, v [B, S, N, H]; mask [B|1, L, S] bool (True = attend);
+  `impl` one of `attention_kernels.IMPLEMENTATIONS`.
 
-  Returns (out [B, L, N, H], mean attention mass per key [B, S] or None). The mean is over heads and
-  queries (the saliency of DESIGN 4.1); asking for it always uses the XLA path.
+  Returns (out [B, L, N, H], saliency [B, S - saliency_start] or None): with `saliency_start`, the
+  mean over heads and queries of the probability mass each key from that index on receives (DESIGN
+  4.1), from the log-sum-exp of the attention (`attention_kernels.lse_saliency`): every
+  implementation gives it.
   """
-  scale = 1.0 / np.sqrt(q.shape[-1])
-  if impl == AttentionImpl.FUSED.value and not return_probs_mean:
-    m = None if mask is None else jnp.broadcast_to(mask[:, None], (q.shape[0], 1) + mask.shape[1:])
-    out = jax.nn.dot_product_attention(q, k, v, mask=m, scale=scale)  # [B, L, N, H]
+  out, lse = attention_kernels.attention(q, k, v, mask, impl)
+  if saliency_start is None:
     return out, None
-  # Heads next to batch before the two matmuls (XLA:CPU fuses the mask and softmax into a
-  # [B, L, N, H]-layout matmul badly: 4x slower forward; benchmarks/time_breakdown.py).
-  q, k, v = (einops.rearrange(a, "b l n h -> b n l h") for a in (q, k, v))  # [B, N, *, H]
-  logits = jnp.einsum("bnlh,bnsh->bnls", q, k, preferred_element_type=jnp.float32) * scale
-  if mask is not None:
-    logits = jnp.where(mask[:, None, :, :], logits, _NEG)               # [B, N, L, S]
-  probs = jax.nn.softmax(logits, axis=-1)                               # [B, N, L, S]
-  out = jnp.einsum("bnls,bnsh->bnlh", probs.astype(v.dtype), v)         # [B, N, L, H]
-  mass = jnp.mean(probs, axis=(1, 2)) if return_probs_mean else None    # [B, S]
-  return einops.rearrange(out, "b n l h -> b l n h"), mass              # [B, L, N, H]
+  sub_mask = None if mask is None else mask[..., saliency_start:]
+  return out, attention_kernels.lse_saliency(q, k[:, saliency_start:], lse, sub_mask)  # [B, S']
 
 
 def block_causal_mask(q_chunk: Array, k_chunk: Array) -> Array:
@@ -127,8 +117,9 @@ class SelfAttention(nn.Module):
       v_all = jnp.concatenate([ctx["v"].astype(v.dtype), v], axis=1)        # [B, S+L, N, H]
     else:
       k_all, v_all = k_r, v
-    out, mass = attend(q_r, k_all, v_all, mask, self.impl, return_probs_mean=return_saliency)
-    saliency = None if mass is None else mass[:, k_all.shape[1] - k.shape[1]:]  # [B, L]
+    own = k_all.shape[1] - k.shape[1]                                       # first own key
+    out, saliency = attend(q_r, k_all, v_all, mask, self.impl,
+                           saliency_start=own if return_saliency else None)  # saliency [B, L]
     out = out.reshape(*out.shape[:2], d)                                    # [B, L, D]
     out = dense(d, ("heads", "embed"), self.dtype, self.param_dtype, "o")(out)
     return out, k, v, saliency

@@ -17,10 +17,12 @@ from blockvid_jax.errors import ConfigError
 
 
 class AttentionImpl(str, enum.Enum):
-  """Attention backends. `xla` is the reference einsum path that every other one is tested against."""
+  """Attention implementations (`models.attention_kernels`). `xla` is the reference every other one
+  is tested against."""
   XLA = "xla"
-  # jax.nn.dot_product_attention: cuDNN flash attention on GPU where supported, XLA elsewhere.
-  FUSED = "fused"
+  CHUNKED = "chunked"    # online softmax over key blocks, custom VJP: O(L * block) memory
+  CUDNN = "cudnn"        # jax.nn.dot_product_attention(implementation="cudnn"), GPU only
+  AUTO = "auto"          # the best one for backend / dtype / head dim / sequence length
 
 
 # Rematerialisation policies, the one table of them: "none" (no jax.checkpoint), "full" (save
