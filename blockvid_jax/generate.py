@@ -225,8 +225,9 @@ def sampling_mesh(config, sampler: BlockSampler):
   return parallel.make_mesh(shape)
 
 
-def sharded_segment_fn(sampler: BlockSampler, spec: DiTSpec, mesh, batch: int):
-  """Segment fn with NamedShardings for params (logical rules) and the donated rollout state."""
+def segment_shardings(sampler: BlockSampler, spec: DiTSpec, mesh, batch: int):
+  """NamedShardings of one video's sampling on `mesh`: (params, rollout state, output latents,
+  the logical rules used)."""
   rules = parallel.LOGICAL_RULES
   dp = mesh.shape["data"] * mesh.shape["fsdp"]
   if batch % dp:  # a batch that does not split over the data axes is replicated
@@ -239,6 +240,12 @@ def sharded_segment_fn(sampler: BlockSampler, spec: DiTSpec, mesh, batch: int):
   s_sh = jax.tree_util.tree_map(lambda a: parallel.named(mesh, *a, rules=rules), axes,
                                 is_leaf=lambda x: isinstance(x, tuple))
   out_sh = parallel.named(mesh, None, "activation_batch", None, None, None, None, rules=rules)
+  return p_sh, s_sh, out_sh, rules
+
+
+def sharded_segment_fn(sampler: BlockSampler, spec: DiTSpec, mesh, batch: int):
+  """Segment fn with NamedShardings for params (logical rules) and the donated rollout state."""
+  p_sh, s_sh, out_sh, rules = segment_shardings(sampler, spec, mesh, batch)
   fn = sampler.make_segment_fn(s_sh, p_sh, out_sh)
 
   def call(params, state, *args):

@@ -16,6 +16,7 @@ def get_config(arg: str = "tiny"):
   if preset in ("wan_1_3b", "wan_14b"):
     c.model.dtype = "bfloat16"          # bf16 compute on accelerators; params stay float32
     c.model.remat_policy = "dots_no_batch"
+    c.model.attention_impl = "auto"     # cuDNN flash on GPU, chunked (flash algorithm) elsewhere
     c.text.encoder = "umt5"             # umT5-XXL embeddings [B, 512, 4096]
     c.text.max_len = 512
     c.video.latent_height = 60          # 480x832 pixels / 8 (Wan VAE)

@@ -8,7 +8,7 @@ Data: a `latent_folder` (blockvid_jax/data/latent_folder.py): Wan VAE latents (4
 21 latent frames = 81 video frames per 7 chunks of 3) and per-chunk umT5-XXL caption embeddings
 [512, 4096]. Params start from a converted Wan2.1 checkpoint (`python -m blockvid_jax.convert`).
 Parallelism: FSDP over all devices x 2-way tensor parallelism, bf16 matmuls (params and optimizer
-state stay float32), remat of every block keeping only non-batch matmul outputs. Not for CPU.
+state stay float32), full remat of every block (only its input kept). Not for CPU.
 """
 
 from blockvid_jax.config_lib import base_config
@@ -21,7 +21,9 @@ def get_config(arg: str = ""):
   c.model.preset = "wan_1_3b"             # D 1536, 30 layers, 12 heads, text_dim 4096
   c.model.frames_per_chunk = 3            # latent frames per chunk (Self Forcing / LongLive)
   c.model.dtype = "bfloat16"              # matmul compute dtype
-  c.model.remat_policy = "dots_no_batch"  # recompute all but non-batch matmul outputs
+  c.model.remat_policy = "full"           # keep only each block's input: the teacher-forcing
+                                          # window is 65,520 tokens (benchmarks/memory_plan.py:
+                                          # 73 GB per device; dots_no_batch 138 GB)
   c.model.attention_impl = "auto"         # cuDNN flash on GPU, chunked (flash algorithm) elsewhere
   c.text.encoder = "umt5"                 # embeddings come pre-encoded with the latents
   c.text.max_len = 512

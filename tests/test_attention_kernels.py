@@ -105,3 +105,35 @@ def test_dispatcher_choices_and_errors():
   attend(x, x, x, None, "auto")
   attend(x, x, x, None, "chunked")
   assert ak.USED["xla"] == before["xla"] + 1 and ak.USED["chunked"] == before["chunked"] + 1
+
+
+def test_structural_masks_equal_the_dense_masks_and_run_in_every_implementation():
+  """GroupMask (chunk ids + a small table + key validity) == the dense masks, and chunked with
+  the structural mask == xla with the dense one (the structure never becomes an [L, S] array in
+  `chunked`'s residuals)."""
+  from blockvid_jax.models.attention import (  # pylint: disable=import-outside-toplevel
+      block_causal_groups, teacher_forcing_groups)
+  chunk = jnp.repeat(jnp.arange(3), 8)
+  np.testing.assert_array_equal(np.asarray(block_causal_groups(chunk, 3).dense()),
+                                np.asarray(block_causal_mask(chunk, chunk)[None]))
+  vis = jnp.asarray([[[0, 0, 0], [1, 0, 0], [1, 0, 0]], [[0, 0, 0], [1, 0, 0], [0, 1, 0]]], bool)
+  for visible in (None, vis):
+    np.testing.assert_array_equal(np.asarray(teacher_forcing_groups(chunk, 3, visible).dense()),
+                                  np.asarray(teacher_forcing_mask(chunk, visible)))
+  # A cached context in front of a chunk: 20 slots, partly invalid, then 8 own tokens.
+  own = block_causal_groups(jnp.zeros((8,), jnp.int32), 1)
+  valid = jnp.arange(20)[None] < jnp.asarray([[13], [5]])
+  gm = own.with_context(valid)
+  dense = _masks()["context_invalid_slots"][2]
+  np.testing.assert_array_equal(np.asarray(gm.dense()), np.asarray(dense))
+  q, k, v, w = _qkv(8, 28, jnp.float32, seed=2)
+  f = lambda m, impl: lambda q, k, v: jnp.sum(w * attend(q, k, v, m, impl)[0])
+  for impl in ("chunked", "xla"):
+    ga = jax.grad(f(gm, impl), argnums=(0, 1, 2))(q, k, v)
+    gb = jax.grad(f(dense, "xla"), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(ga, gb):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+  # Saliency of the own keys from the structural mask.
+  _, s_gm = attend(q, k, v, gm, "chunked", saliency_start=20)
+  _, s_dense = attend(q, k, v, dense, "xla", saliency_start=20)
+  np.testing.assert_allclose(np.asarray(s_gm), np.asarray(s_dense), atol=1e-6)

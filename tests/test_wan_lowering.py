@@ -79,7 +79,7 @@ def test_wan_block_forcing_step_lowers_on_8_devices():
   assert _param_count(state.params) == 1_418_996_800
   shardings = bf.state_shardings(spec, teacher_spec, gen_tx, critic_tx, mesh, rules, use_ema)
   _, sampler = build_sampler(c)
-  rollout = SelfForcingRollout(sampler, remat_policy=c.train.block_forcing.remat_policy)
+  rollout = SelfForcingRollout(sampler, **bfc.rollout_options(c))
   step_fn = bf.make_train_step(spec, teacher_spec, rollout, gen_tx, critic_tx, gen_sched,
                                critic_sched, bfc.settings(c))
   bs, batch = _abstract_batch(c, mesh, rules)

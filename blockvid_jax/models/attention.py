@@ -33,13 +33,39 @@ def attend(q: Array, k: Array, v: Array, mask: Optional[Array], impl: str = "xla
   out, lse = attention_kernels.attention(q, k, v, mask, impl)
   if saliency_start is None:
     return out, None
-  sub_mask = None if mask is None else mask[..., saliency_start:]
+  if mask is None:
+    sub_mask = None
+  elif isinstance(mask, attention_kernels.GroupMask):
+    sub_mask = mask.keys(saliency_start)
+  else:
+    sub_mask = mask[..., saliency_start:]
   return out, attention_kernels.lse_saliency(q, k[:, saliency_start:], lse, sub_mask)  # [B, S']
 
 
 def block_causal_mask(q_chunk: Array, k_chunk: Array) -> Array:
   """[Lq], [Lk] chunk ids -> [Lq, Lk] bool: a query sees keys of its own and earlier chunks."""
   return k_chunk[None, :] <= q_chunk[:, None]
+
+
+def block_causal_groups(chunk: Array, n: int) -> attention_kernels.GroupMask:
+  """`block_causal_mask(chunk, chunk)[None]` as a structural mask (chunk ids [L] in [0, n), a
+  [1, n, n] table)."""
+  table = jnp.tril(jnp.ones((n, n), bool))[None]                         # [1, n, n]
+  return attention_kernels.GroupMask(q_group=chunk, k_group=chunk, table=table)
+
+
+def teacher_forcing_groups(chunk: Array, n: int, visible: Optional[Array] = None
+                           ) -> attention_kernels.GroupMask:
+  """`teacher_forcing_mask(chunk, visible)` as a structural mask: 2n groups (clean chunks 0..n-1,
+  noisy chunks n..2n-1; chunk [L] ids of one half, n chunks), a [B|1, 2n, 2n] table."""
+  c, j = jnp.arange(n)[:, None], jnp.arange(n)[None, :]
+  seen = (j < c)[None] if visible is None else visible & (j < c)[None]   # [B|1, n, n]
+  own = jnp.broadcast_to((j == c)[None], seen.shape)
+  none = jnp.zeros_like(seen)
+  table = jnp.concatenate([jnp.concatenate([seen | own, none], axis=2),
+                           jnp.concatenate([seen, own], axis=2)], axis=1)  # [B|1, 2n, 2n]
+  groups = jnp.concatenate([chunk, chunk + n]).astype(jnp.int32)         # [2L]
+  return attention_kernels.GroupMask(q_group=groups, k_group=groups, table=table)
 
 
 def teacher_forcing_mask(chunk: Array, visible: Optional[Array] = None) -> Array:

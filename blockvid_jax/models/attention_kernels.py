@@ -15,7 +15,9 @@ heads and queries of the probability mass each key receives) for just the keys t
 chunk's own tokens), so no implementation has to hand back probabilities: exact against the xla
 definition (`tests/test_attention_kernels.py`).
 
-Masks are boolean [B|1, L, S] (True = attend), sliced per key block by `chunked`. Masked logits are
+Masks are boolean [B|1, L, S] (True = attend) or structural (`GroupMask`: query and key group ids,
+a small [B|1, Gq, Gk] table and per-key validity - the chunk geometry, never an [L, S] array), which
+`chunked` expands one key block at a time (and xla/cudnn expand whole). Masked logits are
 -1e30 (finite: a fully masked row averages all keys instead of producing NaN, in every
 implementation alike). `USED` counts, per implementation, the attention calls traced with it.
 
@@ -30,6 +32,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from blockvid_jax.errors import ConfigError
 from blockvid_jax.typing import Array
@@ -39,6 +42,44 @@ USED = {name: 0 for name in IMPLEMENTATIONS if name != "auto"}
 NEG = -1e30              # logit of a masked key
 KEY_BLOCK = 512          # chunked: keys per block
 AUTO_CHUNKED_MIN = 1 << 24   # auto: L * S from which the xla path's logits are too big to keep
+
+
+@struct.dataclass
+class GroupMask:
+  """A structural attention mask: query l may attend key s iff table[b, q_group[l], k_group[s]]
+  and k_valid[b, s]. Block-causal: groups = chunk ids, table lower-triangular; teacher forcing:
+  2n groups (clean | noisy chunks); a cached context: one more key group for the context slots,
+  whose validity is k_valid."""
+  q_group: Array                    # [Lq] int32
+  k_group: Array                    # [Lk] int32
+  table: Array                      # [B|1, Gq, Gk] bool
+  k_valid: Optional[Array] = None   # [B|1, Lk] bool (None: all valid)
+
+  def dense(self) -> Array:
+    """[B|1, Lq, Lk] bool."""
+    return self.block(self.k_group, self.k_valid)
+
+  def block(self, k_group: Array, k_valid: Optional[Array]) -> Array:
+    """The dense mask [B|1, Lq, Bk] of the keys with groups k_group [Bk] (validity [B|1, Bk])."""
+    m = self.table[:, self.q_group[:, None], jnp.clip(k_group, 0)[None, :]]    # [B|1, Lq, Bk]
+    m = m & (k_group >= 0)[None, None, :]
+    return m if k_valid is None else m & k_valid[:, None, :]
+
+  def keys(self, start: int) -> "GroupMask":
+    """The mask of the keys from index `start` on."""
+    return self.replace(k_group=self.k_group[start:],
+                        k_valid=None if self.k_valid is None else self.k_valid[:, start:])
+
+  def with_context(self, valid: Array) -> "GroupMask":
+    """S context keys in front (validity valid [B, S]), visible to every query group."""
+    b, slots = valid.shape
+    g = self.table.shape[2]
+    table = jnp.concatenate([self.table, jnp.ones(self.table.shape[:2] + (1,), bool)], axis=2)
+    own = (jnp.ones((b, self.k_group.shape[0]), bool) if self.k_valid is None
+           else jnp.broadcast_to(self.k_valid, (b, self.k_group.shape[0])))
+    return GroupMask(q_group=self.q_group,
+                     k_group=jnp.concatenate([jnp.full((slots,), g, jnp.int32), self.k_group]),
+                     table=table, k_valid=jnp.concatenate([valid, own], axis=1))
 
 
 def available(backend: Optional[str] = None) -> tuple[str, ...]:
@@ -76,13 +117,15 @@ def attention(q: Array, k: Array, v: Array, mask: Optional[Array], impl: str = "
   USED[name] += 1
   if name == "chunked":
     return chunked(q, k, v, mask)
+  if isinstance(mask, GroupMask):
+    mask = mask.dense()
   if name == "cudnn":
     return _cudnn(q, k, v, mask)
   return _xla(q, k, v, mask)
 
 
 def _logits(q: Array, k: Array, mask: Optional[Array]) -> Array:
-  """Scaled logits [B, N, L, S] float32 of q [B, N, L, H], k [B, N, S, H] (mask [B|1, L, S])."""
+  """Scaled logits [B, N, L, S] float32 of q [B, N, L, H], k [B, N, S, H] (dense mask [B|1, L, S])."""
   s = jnp.einsum("bnlh,bnsh->bnls", q, k, preferred_element_type=jnp.float32) / np.sqrt(q.shape[-1])
   return s if mask is None else jnp.where(mask[:, None], s, NEG)
 
@@ -107,19 +150,35 @@ def _cudnn(q, k, v, mask):
 
 
 # ------------------------------------------------------------------------------- chunked
-def _blocks(k: Array, v: Array, mask: Optional[Array], block: int):
-  """k, v [B, N, S, H] -> [nb, B, N, Bk, H]; mask -> [nb, B|1, L, Bk] with padding keys False
-  (and a pad flag [nb, Bk]: padding keys get -inf, so they never count, even in a masked row)."""
+def _blocks(k: Array, v: Array, mask, block: int):
+  """k, v [B, N, S, H] -> [nb, B, N, Bk, H]; the mask per block: dense [nb, B|1, L, Bk], or for a
+  GroupMask its key groups [nb, Bk] (padding -1) and validity [nb, B|1, Bk]; and a flag [nb, Bk] of
+  the real keys (padding keys get -inf, so they never count, even in a fully masked row)."""
   s = k.shape[2]
   nb = -(-s // block)
   pad = nb * block - s
   k, v = (jnp.pad(a, ((0, 0), (0, 0), (0, pad), (0, 0))) for a in (k, v))
   split = lambda a: jnp.moveaxis(a.reshape(*a.shape[:2], nb, block, a.shape[-1]), 2, 0)
   real = (jnp.arange(nb * block) < s).reshape(nb, block)                # [nb, Bk]
-  if mask is not None:
+  if isinstance(mask, GroupMask):
+    groups = jnp.pad(mask.k_group, (0, pad), constant_values=-1).reshape(nb, block)
+    valid = None
+    if mask.k_valid is not None:
+      valid = jnp.pad(mask.k_valid, ((0, 0), (0, pad)))
+      valid = jnp.moveaxis(valid.reshape(valid.shape[0], nb, block), 1, 0)   # [nb, B|1, Bk]
+    mask = (groups, valid)
+  elif mask is not None:
     mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad)))
     mask = jnp.moveaxis(mask.reshape(*mask.shape[:2], nb, block), 2, 0)  # [nb, B|1, L, Bk]
   return split(k), split(v), mask, real
+
+
+def _block_mask(mask, blocked):
+  """One key block's dense mask [B|1, L, Bk] (or None) from `_blocks`' per-block slice."""
+  if isinstance(mask, GroupMask):
+    groups, valid = blocked
+    return mask.block(groups, valid)
+  return blocked
 
 
 def _block_logits(q, kb, mb, real):
@@ -137,7 +196,7 @@ def _chunked_fwd_impl(q, k, v, mask, block):
   def body(carry, xs):
     m, den, acc = carry
     kb, vb, mb, rb = xs
-    s = _block_logits(q, kb, mb, rb)                                    # [B, N, L, Bk]
+    s = _block_logits(q, kb, _block_mask(mask, mb), rb)                 # [B, N, L, Bk]
     m_new = jnp.maximum(m, s.max(axis=-1))
     p = jnp.exp(s - m_new[..., None])
     corr = jnp.exp(m - m_new)
@@ -146,12 +205,7 @@ def _chunked_fwd_impl(q, k, v, mask, block):
                                              preferred_element_type=jnp.float32)
     return (m_new, den, acc), None
 
-  xs = (kbs, vbs, mbs if mbs is not None else jnp.zeros((kbs.shape[0],), bool), real)
-  if mbs is None:
-    body_ = lambda c, x: body(c, (x[0], x[1], None, x[3]))
-  else:
-    body_ = body
-  (m, den, acc), _ = jax.lax.scan(body_, init, xs)
+  (m, den, acc), _ = jax.lax.scan(body, init, (kbs, vbs, mbs, real))
   out = (acc / den[..., None]).astype(q.dtype)
   return out, m + jnp.log(den)
 
@@ -176,7 +230,7 @@ def _chunked_bwd(block, res, cts):
 
   def body(dq, xs):
     kb, vb, mb, rb = xs
-    p = jnp.exp(_block_logits(q, kb, mb, rb) - lse[..., None])          # [B, N, L, Bk]
+    p = jnp.exp(_block_logits(q, kb, _block_mask(mask, mb), rb) - lse[..., None])  # [B,N,L,Bk]
     dv = jnp.einsum("bnls,bnlh->bnsh", p, d_out)
     dp = jnp.einsum("bnlh,bnsh->bnls", d_out, vb.astype(jnp.float32))
     ds = p * (dp - delta[..., None] + d_lse[..., None])                  # d logits
@@ -184,15 +238,10 @@ def _chunked_bwd(block, res, cts):
     dk = jnp.einsum("bnls,bnlh->bnsh", ds, q.astype(jnp.float32)) * scale
     return dq, (dk, dv)
 
-  if mbs is None:
-    xs = (kbs, vbs, jnp.zeros((kbs.shape[0],), bool), real)
-    body_ = lambda c, x: body(c, (x[0], x[1], None, x[3]))
-  else:
-    xs, body_ = (kbs, vbs, mbs, real), body
-  dq, (dks, dvs) = jax.lax.scan(body_, jnp.zeros(q.shape, jnp.float32), xs)
+  dq, (dks, dvs) = jax.lax.scan(body, jnp.zeros(q.shape, jnp.float32), (kbs, vbs, mbs, real))
   s = k.shape[2]
   unblock = lambda a: jnp.moveaxis(a, 0, 2).reshape(*a.shape[1:3], -1, a.shape[-1])[:, :, :s]
-  d_mask = None if mask is None else np.zeros(mask.shape, jax.dtypes.float0)
+  d_mask = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, jax.dtypes.float0), mask)
   return (dq.astype(q.dtype), unblock(dks).astype(k.dtype), unblock(dvs).astype(v.dtype), d_mask)
 
 
@@ -214,5 +263,7 @@ def lse_saliency(q: Array, k: Array, lse: Array, mask: Optional[Array]) -> Array
   k [B, S', N, H] (any subset of the attended keys), lse [B, N, L] of the full attention, mask
   [B|1, L, S'] -> [B, S'] float32. Equals the xla path's probability mass of those keys."""
   q_, k_ = (jnp.swapaxes(a, 1, 2) for a in (q, k))                      # [B, N, *, H]
+  if isinstance(mask, GroupMask):
+    mask = mask.dense()
   p = jnp.exp(_logits(q_, k_, mask) - lse[..., None])                   # [B, N, L, S']
   return jnp.mean(p, axis=(1, 2))

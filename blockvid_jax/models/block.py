@@ -35,7 +35,7 @@ class Block(nn.Module):
   """A DiT block, written for `nn.scan`: (x, shared, layer_ctx) -> (x, per-layer outputs).
 
   shared: dict of layer-invariant arrays: e0 [B, F, 6, D], text [B, T, D], cos/sin [B|1, L, H/2],
-    mask [B|1, L, L] over the block's own tokens (or None: bidirectional).
+    mask: a structural `GroupMask` over the block's own tokens ([B|1, L, L]; None: bidirectional).
   layer_ctx: None, or a dict with this layer's context: k, v [B, S, N, H], mask [B, S] (valid
     slots), cos/sin [B, S, H/2] (RoPE angles of the slots' positions; absent: k is rotated already);
     and/or text_k, text_v [B, T, N, H] (the text's cross-attention K/V; then shared["text"] is unused).
@@ -67,11 +67,8 @@ class Block(nn.Module):
     layer_ctx = layer_ctx or {}
     text_kv = (layer_ctx["text_k"], layer_ctx["text_v"]) if "text_k" in layer_ctx else None
     mask, ctx = shared["mask"], (layer_ctx if "k" in layer_ctx else None)
-    if ctx is not None:  # [B, L, S] context validity next to the block's own mask [B|1, L, L]
-      n_q = x.shape[1]
-      ctx_mask = jnp.broadcast_to(ctx["mask"][:, None, :], (x.shape[0], n_q, ctx["mask"].shape[1]))
-      own = jnp.broadcast_to(mask, (x.shape[0], n_q, n_q))
-      mask = jnp.concatenate([ctx_mask, own], axis=-1)                 # [B, L, S+L]
+    if ctx is not None:  # the context slots (validity [B, S]) in front of the block's own tokens
+      mask = mask.with_context(ctx["mask"])                            # [B, L, S+L] structural
     h = modulate(layer_norm(x, self.eps), shift_msa, scale_msa, p).astype(dt)
     y, k, v, saliency = SelfAttention(self.dim, self.num_heads, self.eps, dt, pdt,
                                       self.attention_impl, name="self_attn")(

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from blockvid_jax.models import rope
-from blockvid_jax.models.attention import block_causal_mask, teacher_forcing_mask
+from blockvid_jax.models.attention import block_causal_groups, teacher_forcing_groups
 from blockvid_jax.models.block import Block, BlockTextKV, modulate
 from blockvid_jax.models.embeddings import (TextEmbedding, TimeEmbedding, dense, layer_norm,
                                             patchify, unpatchify)
@@ -121,7 +121,7 @@ class CausalDiT(nn.Module):
     pos = rope.grid_positions(fp, x, y)[None]                                # [1, L, 3]
     chunk = _chunk_ids(fp, fpc, x * y)                                       # [L]
     if clean_latents is None:
-      mask = None if mode == "bidirectional" else block_causal_mask(chunk, chunk)[None]
+      mask = None if mode == "bidirectional" else block_causal_groups(chunk, fp // fpc)
       out, _ = self._forward(latents, t, context, pos, mask)
       return out
     if mode != "causal":
@@ -139,7 +139,7 @@ class CausalDiT(nn.Module):
     if clean_visible is not None and (clean_visible.ndim != 3 or clean_visible.shape[1:] != (n, n)
                                       or clean_visible.shape[0] not in (1, b)):
       raise ConfigError(f"clean_visible must be [B|1, {n}, {n}] (chunks), got {clean_visible.shape}")
-    mask = teacher_forcing_mask(chunk, clean_visible)                       # [B|1, 2L, 2L]
+    mask = teacher_forcing_groups(chunk, n, clean_visible)                  # [B|1, 2L, 2L]
     out, _ = self._forward(both, t_both, context, pos2, mask)
     return out[:, f:]                                                        # [B, F, H, W, C]
 
@@ -164,7 +164,7 @@ class CausalDiT(nn.Module):
     off = jnp.broadcast_to(jnp.asarray(frame_offset, jnp.int32), (b,))       # [B]
     pos = rope.grid_positions(fp, x, y)[None] + (off[:, None, None] * jnp.array([1, 0, 0], jnp.int32))
     chunk = _chunk_ids(fp, fpc, x * y)                                       # [L]
-    intra = block_causal_mask(chunk, chunk)[None]                            # [1, L, L]
+    intra = block_causal_groups(chunk, -(-fp // fpc))                       # [1, L, L]
     out, ys = self._forward(latents, t, context, pos, intra, kv_context=kv_context.per_layer(),
                             collect_kv=True, collect_saliency=collect_saliency, prompt_kv=prompt_kv)
     kv = ChunkKV(k=ys["k"], v=ys["v"], positions=pos,
