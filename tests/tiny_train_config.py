@@ -32,4 +32,8 @@ def get_config(arg: str = ""):
   c.train.checkpoint_every = 5
   c.train.keep_checkpoints = 5
   c.train.sample_every = 0
+  # The one-sequence layout keeps the trainer tests quick; the teacher-forcing step is tested in
+  # tests/test_train_step.py and lowered at Wan scale through loop.step_settings in test_wan_lowering.
+  c.train.layout = "noisy_history"
+  c.train.noise.t_max_range = 0.0
   return c
