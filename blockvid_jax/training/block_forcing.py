@@ -36,7 +36,7 @@ from blockvid_jax.parallel import LOGICAL_RULES, activation_rules, logical_to_sh
 from blockvid_jax.training import dmd, velocity_forcing
 from blockvid_jax.training.self_forcing import (SelfForcingRollout, chunks_to_video,
                                                 per_chunk_prompts)
-from blockvid_jax.training.state import ema_update, tree_norm
+from blockvid_jax.training.state import apply_update, tree_norm
 from blockvid_jax.training.steps import pooled_from_context, predict_velocity
 from blockvid_jax.typing import Array, PyTree
 from blockvid_jax.errors import ConfigError
@@ -238,11 +238,9 @@ def make_train_step(gen_spec: DiTSpec, teacher_spec: DiTSpec, rollout: SelfForci
       return total, aux
 
     (loss, aux), grads = jax.value_and_grad(gen_loss, has_aux=True)(state.params)
-    updates, opt_state = gen_tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = state.ema_params
-    if ema is not None:
-      ema = ema_update(ema, params, state.step, s.ema_decay, s.ema_start_step)
+    params, opt_state, ema = apply_update(gen_tx, state.params, state.opt_state, grads,
+                                          state.ema_params, state.step, s.ema_decay,
+                                          s.ema_start_step)
     metrics = dict(aux, loss=loss, grad_norm=tree_norm(grads), param_norm=tree_norm(params),
                    critic_loss=jnp.mean(c_loss), critic_loss_last=c_loss[-1],
                    critic_grad_norm=jnp.mean(c_gnorm),

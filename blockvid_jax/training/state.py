@@ -76,6 +76,18 @@ def ema_update(ema: PyTree, params: PyTree, step: Array, decay: float,
   return jax.tree_util.tree_map(lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), ema, params)
 
 
+def apply_update(tx: optax.GradientTransformation, params: PyTree, opt_state: PyTree,
+                 grads: PyTree, ema: Optional[PyTree], step: Array, ema_decay: float,
+                 ema_start_step: int = 0) -> tuple[PyTree, PyTree, Optional[PyTree]]:
+  """One optimizer update and the EMA after it (`ema_update`; None stays None): -> (params,
+  opt_state, ema). The one update of every stage's step."""
+  updates, opt_state = tx.update(grads, opt_state, params)
+  params = optax.apply_updates(params, updates)
+  if ema is not None:
+    ema = ema_update(ema, params, step, ema_decay, ema_start_step)
+  return params, opt_state, ema
+
+
 def tree_norm(tree: Any) -> Array:
   """Global L2 norm of a pytree, in float32."""
   return optax.tree.norm(jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), tree))

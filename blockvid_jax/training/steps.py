@@ -34,7 +34,7 @@ from blockvid_jax.models.dit import CausalDiT
 from blockvid_jax.models.spec import DiTSpec
 from blockvid_jax.parallel import LOGICAL_RULES, activation_rules, named, replicated
 from blockvid_jax.training import losses
-from blockvid_jax.training.state import TrainState, ema_update, tree_norm
+from blockvid_jax.training.state import TrainState, apply_update, tree_norm
 from blockvid_jax.typing import Array, PyTree
 
 STAGE_MODES = {"causal": "causal", "teacher": "bidirectional"}
@@ -157,11 +157,9 @@ def make_train_step(spec: DiTSpec, tx: optax.GradientTransformation, schedule: o
       return losses.flow_matching_loss(v, target, weight), v
 
     (loss, v), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = state.ema_params
-    if ema is not None:
-      ema = ema_update(ema, params, state.step, settings.ema_decay, settings.ema_start_step)
+    params, opt_state, ema = apply_update(tx, state.params, state.opt_state, grads,
+                                          state.ema_params, state.step, settings.ema_decay,
+                                          settings.ema_start_step)
     metrics = {"loss": loss, "grad_norm": tree_norm(grads), "param_norm": tree_norm(params),
                "lr": jnp.asarray(schedule(state.step), jnp.float32), "t_mean": jnp.mean(t)}
     chunk_mse = losses.per_chunk_mse(jax.lax.stop_gradient(v), target, n)      # [n]
