@@ -1,29 +1,33 @@
-"""Toy reproduction of BlockVid's ablations: cache, Block Forcing, noise ramp, noise shuffling.
+"""Toy reproduction of BlockVid's ablations on the toy where memory matters (DESIGN 7, issue 12).
 
-Trains the toy pipeline (the configs/toy_*.py stages on 16x16-pixel toy videos = 16 tokens per
-frame, batch 8, to fit the time budget) in --workdir, each stage from the previous one's exported
-params, skipping stages already finished there (and resuming an interrupted one):
+Trains the toy pipeline on the identity toy (`data.identities`: every scene of every video has
+shades, texture, background pattern and start position its caption does not name; a scene returns
+only after `data.min_return_gap` chunks of other scenes, so the local window no longer holds it),
+with `configs/toy_cpu.py`'s model and 32x32 geometry, each stage from the previous one's exported
+params, skipping stages already finished in --workdir (and resuming an interrupted one):
 
-  teacher (bidirectional) -> causal x {cosine, linear, independent} ramp -> block forcing (on cosine)
+  teacher (bidirectional) -> causal x {cosine, linear, independent} ramp (teacher-forcing layout,
+  context = what the sparse cache holds) -> block forcing (on cosine)
 
-then samples long toy videos (--num_chunks, >= 10x the 4-chunk training window) whose prompts and scene
-pattern are those of held-out procedural toy videos of that length (scenes recur), one video per
-seed, under one-factor-at-a-time settings around two bases:
+then samples long videos (--num_chunks, 10x the 4-chunk training window) whose prompts and scene
+pattern are those of held-out identity-toy videos (scenes recur), --seeds videos per setting in one
+batch (seed s: held-out video s, sampling noise of s), under one-factor-at-a-time settings:
 
-  block forcing + semantic sparse cache + shuffling   vs  window cache / shuffling off
-  causal (cosine) + sparse cache + shuffling          vs  causal linear / independent ramp, window cache
+  block forcing + semantic sparse cache + shuffling  vs  window / full cache, shuffling off
+  causal (each ramp) with the sparse cache and with the window cache
 
-Per setting: mean +- std over seeds of VDE of sharpness, colour drift, the return distance and the
-distance to the ground truth at the start and the end (`toy_metrics.py`), plus the same statistics
-of the ground-truth videos. JSON to
+Per setting: mean +- std over seeds of `toy_metrics.video_metrics` (identity error of returning
+scenes against their first appearance, histogram return distance, VDE of sharpness, colour drift,
+ground-truth distance over the first / last 10%, share of chunks drawn right), plus the ground-truth
+videos' own. JSON `{"rows": [{"setting", "metrics": {name: {"mean", "std"}}, ...}], ...}` to
 benchmarks/results/toy_ablation.json (--out), markdown table on stdout.
 
-  python benchmarks/toy_ablation.py            # full: ~25-40 min on 2 CPU cores; runs/toy_ablation
-  python benchmarks/toy_ablation.py --quick    # ~5 min smoke run; runs/toy_ablation_quick
+  python benchmarks/toy_ablation.py            # full: <= 60 min on 2 CPU cores; runs/toy_ablation
+  python benchmarks/toy_ablation.py --quick    # a few steps per stage (smoke); runs/toy_ablation_quick
 
-Every setting samples with the same few-step schedule (4 steps: predict x0, re-noise), so the rows
+Every setting samples with the toy's x0-jump schedule (`sample.solver = "dmd"`, 8 steps), so rows
 differ only in training, cache and shuffling; --causal_solver euler samples the causal-only models
-with --causal_steps Euler steps instead (their flow-matching sampler).
+with --causal_steps Euler steps instead.
 """
 
 from __future__ import annotations
@@ -40,19 +44,30 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-STEPS = {"full": {"teacher": 1500, "causal": 500, "block_forcing": 240},
-         "quick": {"teacher": 12, "causal": 12, "block_forcing": 3}}
+STEPS = {"full": {"teacher": 1500, "causal": 1000, "block_forcing": 150},
+         "quick": {"teacher": 8, "causal": 8, "block_forcing": 2}}
 RAMPS = ("cosine", "linear", "independent")
 # name -> (model, cache mode, shuffle)
 SETTINGS = {
     "blockvid (BF + sparse + shuffle)": ("block_forcing", "sparse", True),
     "BF + window cache": ("block_forcing", "window", True),
+    "BF + full cache": ("block_forcing", "full", True),
     "BF + no shuffling": ("block_forcing", "sparse", False),
-    "causal cosine + sparse + shuffle": ("causal_cosine", "sparse", True),
-    "causal cosine + window cache": ("causal_cosine", "window", True),
-    "causal linear ramp": ("causal_linear", "sparse", True),
-    "causal independent (DF)": ("causal_independent", "sparse", True),
+    **{f"causal {r} + {m}": (f"causal_{r}", m, True) for r in RAMPS for m in ("sparse", "window")},
 }
+# the paper's claims as paired comparisons (same held-out videos and noise per seed): (a, b)
+CLAIMS = {
+    "sparse cache beats window on returning scenes": [
+        ("blockvid (BF + sparse + shuffle)", "BF + window cache")]
+        + [(f"causal {r} + sparse", f"causal {r} + window") for r in RAMPS],
+    "sparse cache vs full cache": [("blockvid (BF + sparse + shuffle)", "BF + full cache")],
+    "Block Forcing reduces drift": [("blockvid (BF + sparse + shuffle)", "causal cosine + sparse")],
+    "cosine ramp best": [("causal cosine + sparse", "causal linear + sparse"),
+                         ("causal cosine + sparse", "causal independent + sparse")],
+    "noise shuffling helps": [("blockvid (BF + sparse + shuffle)", "BF + no shuffling")],
+}
+METRICS = ("identity_return", "return_distance", "vde_sharpness", "colour_drift",
+           "gt_distance_first", "gt_distance_last", "correct")
 
 
 def load_config(name: str, arg: str = ""):
@@ -69,13 +84,14 @@ def stage_configs(workdir: str, steps: dict) -> dict:
   out = {}
 
   def common(c, n):
-    c.video.latent_height = 8             # 16x16-pixel videos: 16 tokens per frame (toy_cpu: 32x32
-    c.video.latent_width = 8              # pixels, 64 tokens), to fit the time budget
-    c.cache.k_salient = 16                # of 48 tokens per chunk
-    c.train.batch_size = 8
+    c.data.identities = True              # the toy where memory matters (DESIGN 7)
+    c.data.sprite_start = "random"        # identities draw the start position
+    c.data.min_return_gap = c.cache.local_chunks  # a returning scene has left the local window
+    c.data.num_videos = 128               # identities vary per video: more videos than toy_cpu
     c.data.data_dir = data_dir
     c.train.total_steps = n
     c.train.warmup_steps = min(c.train.warmup_steps, n // 4)
+    c.train.ema_start_step = min(c.train.ema_start_step, n // 4)
     c.train.sample_every = 0
     c.train.checkpoint_every = max(n // 4, 1)
     c.train.log_every = max(min(c.train.log_every, n // 4), 1)
@@ -125,22 +141,22 @@ def reference_videos(config, num_chunks: int, seeds) -> list[dict]:
 
 
 def sample_setting(config, params, refs: list[dict], seeds) -> list:
-  """One video per seed: uint8 [T, H, W, 3] each."""
+  """One video per seed, all seeds in one batch (seed s: the captions of refs[s], noise of key
+  seeds[0]): uint8 [T, H, W, 3] each."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from blockvid_jax import generate  # pylint: disable=import-outside-toplevel
   spec, sampler = generate.build_sampler(config)
   encoder = generate.make_text_encoder(config, spec)
   null_text = generate.encode_chunks(encoder, [""])[0][0]                  # [1, T, E]
-  segment_fn = sampler.make_segment_fn()                                  # one compilation
-  videos = []
-  for seed, ref in zip(seeds, refs):
-    texts, pooled = generate.encode_chunks(encoder, [str(c) for c in ref["captions"]])
-    chunks = [np.asarray(x) for _, x in sampler.stream(params, texts, pooled, jax.random.key(seed),
-                                                       null_text=null_text,
-                                                       segment_fn=segment_fn)]
-    videos.append(generate.decode_pixels(config, np.concatenate(chunks, axis=1)))
-  return videos
+  encoded = [generate.encode_chunks(encoder, [str(c) for c in r["captions"]]) for r in refs]
+  texts = np.concatenate([t for t, _ in encoded], axis=1)                  # [C, S, T, E]
+  pooled = np.concatenate([p for _, p in encoded], axis=1)                 # [C, S, E]
+  null_text = np.repeat(null_text, len(refs), axis=0)                      # [S, T, E]
+  chunks = [np.asarray(x) for _, x in sampler.stream(params, texts, pooled, jax.random.key(seeds[0]),
+                                                     null_text=null_text)]
+  latents = np.concatenate(chunks, axis=1)                                 # [S, F, H, W, C]
+  return [generate.decode_pixels(config, latents[i:i + 1]) for i in range(len(refs))]
 
 
 def summarise(per_seed: list[dict]) -> dict:
@@ -165,17 +181,45 @@ def _finite(obj):
   return obj
 
 
-def table(results: dict) -> str:
-  cols = ("vde_sharpness", "colour_drift", "return_distance", "gt_distance_first",
-          "gt_distance_last")
-  lines = ["| setting | sampler | VDE sharpness | colour drift | return distance | GT distance, "
-           "first 10% | GT distance, last 10% |", "|---|---|---|---|---|---|---|"]
-  for name, r in results.items():
+def paired(rows: list) -> list:
+  """Per claim and pair (a, b): mean over seeds of a - b per metric and the seeds where a is better
+  (lower; higher for `correct`)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  by = {r["setting"]: r for r in rows}
+  out = []
+  for claim, pairs in CLAIMS.items():
+    for a, b in pairs:
+      diff = {}
+      for m in METRICS:
+        val = lambda p: np.nan if p[m] is None else p[m]                   # JSON null = nan
+        x = np.asarray([val(p) for p in by[a]["per_seed"]], np.float64)
+        y = np.asarray([val(p) for p in by[b]["per_seed"]], np.float64)
+        ok = np.isfinite(x) & np.isfinite(y)
+        d = x[ok] - y[ok]
+        better = d > 0 if m == "correct" else d < 0
+        diff[m] = {"mean": float(d.mean()) if d.size else None, "a_better": int(better.sum()),
+                   "seeds": int(d.size)}
+      out.append({"claim": claim, "a": a, "b": b, "diff": diff})
+  return out
+
+
+def paired_table(comparisons: list) -> str:
+  lines = ["| claim | a - b | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+  for c in comparisons:
+    cells = [f"{c['diff'][m]['mean']:+.4f} ({c['diff'][m]['a_better']}/{c['diff'][m]['seeds']})"
+             if c["diff"][m]["mean"] is not None else "n/a" for m in METRICS]
+    lines.append(f"| {c['claim']} | {c['a']} - {c['b']} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def table(rows: list) -> str:
+  lines = ["| setting | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+  for r in rows:
     cells = []
-    for c in cols:
-      m = r["metrics"][c]
-      cells.append("n/a" if m["mean"] is None else f"{m['mean']:.3f} +- {m['std']:.3f}")
-    lines.append(f"| {name} | {r['sampler']} | " + " | ".join(cells) + " |")
+    for c in METRICS:
+      m = r["metrics"].get(c)
+      cells.append("n/a" if m is None or m["mean"] is None else f"{m['mean']:.3f} +- {m['std']:.3f}")
+    lines.append(f"| {r['setting']} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
@@ -184,16 +228,24 @@ def main(argv=None):
   parser.add_argument("--workdir", default=None,
                       help="stage cache (default runs/toy_ablation, or runs/toy_ablation_quick)")
   parser.add_argument("--quick", action="store_true", help="a few training steps per stage")
-  parser.add_argument("--seeds", type=int, default=3)
-  parser.add_argument("--num_chunks", type=int, default=48, help="chunks per generated video")
+  parser.add_argument("--seeds", type=int, default=5)
+  parser.add_argument("--num_chunks", type=int, default=40, help="chunks per generated video")
   parser.add_argument("--causal_solver", default="dmd", choices=("euler", "dmd"))
   parser.add_argument("--causal_steps", type=int, default=20, help="euler steps (causal models)")
+  parser.add_argument("--report", action="store_true",
+                      help="only recompute the tables and paired comparisons of an existing --out")
   parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/"
                       "toy_ablation.json, or toy_ablation_quick.json)")
   args = parser.parse_args(argv)
   suffix = "_quick" if args.quick else ""
   args.workdir = args.workdir or os.path.join(ROOT, "runs", f"toy_ablation{suffix}")
   args.out = args.out or os.path.join(HERE, "results", f"toy_ablation{suffix}.json")
+  if args.report:
+    with open(args.out, encoding="utf-8") as f:
+      report = json.load(f)
+    report["paired"] = paired(report["rows"])
+    write_report(report, args.out)
+    return
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   from absl import logging  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.WARNING)
@@ -201,6 +253,7 @@ def main(argv=None):
   jax.config.update("jax_threefry_partitionable", True)
   import toy_metrics  # pylint: disable=import-outside-toplevel
   from blockvid_jax import generate  # pylint: disable=import-outside-toplevel
+  from blockvid_jax.data import toy_grammar  # pylint: disable=import-outside-toplevel
   from blockvid_jax.training import init_from  # pylint: disable=import-outside-toplevel
 
   t_start = time.monotonic()
@@ -213,10 +266,12 @@ def main(argv=None):
   if args.num_chunks < 10 * window:
     print(f"warning: {args.num_chunks} chunks is < 10x the {window}-chunk training window")
   refs = reference_videos(base, args.num_chunks, seeds)
-  fpc = base.data.frames_per_chunk
-  results = {"ground truth (toy renderer)": {
-      "sampler": "-", "metrics": summarise([
-          toy_metrics.video_metrics(r["frames"], r["scene_ids"], fpc, r["frames"]) for r in refs])}}
+  fpc, size = base.data.frames_per_chunk, base.data.sprite_size
+  objects = toy_grammar.objects(base.data.use_digits)
+  metrics = lambda video, ref: toy_metrics.video_metrics(video, ref["scene_ids"], fpc, ref["frames"],
+                                                         ref["captions"], size, objects)
+  rows = [{"setting": "ground truth (toy renderer)", "sampler": "-",
+           "metrics": summarise([metrics(r["frames"], r) for r in refs])}]
   sample_times = {}
   for name, (model, cache_mode, shuffle) in SETTINGS.items():
     config, wd = stages[model]
@@ -234,23 +289,34 @@ def main(argv=None):
     t0 = time.monotonic()
     videos = sample_setting(config, params, refs, seeds)
     sample_times[name] = time.monotonic() - t0
-    per_seed = [toy_metrics.video_metrics(v, r["scene_ids"], fpc, r["frames"])
-                for v, r in zip(videos, refs)]
-    results[name] = {"sampler": sampler_name, "model": model, "cache": cache_mode,
-                     "shuffle": shuffle, "metrics": summarise(per_seed), "per_seed": per_seed}
-    print(f"[sample] {name}: {sample_times[name]:.0f}s", flush=True)
+    per_seed = [metrics(v, r) for v, r in zip(videos, refs)]
+    rows.append({"setting": name, "sampler": sampler_name, "model": model, "cache": cache_mode,
+                 "shuffle": shuffle, "metrics": summarise(per_seed), "per_seed": per_seed})
+    print(f"[sample] {name}: {sample_times[name]:.0f}s, correct "
+          f"{rows[-1]['metrics']['correct']['mean']:.3f}, identity_return "
+          f"{rows[-1]['metrics']['identity_return']['mean']:.4f}", flush=True)
   report = {
       "mode": mode, "train_steps": STEPS[mode], "seeds": seeds, "num_chunks": args.num_chunks,
       "frames_per_video": args.num_chunks * fpc, "training_window_chunks": window,
       "train_seconds": train_times, "sample_seconds": sample_times,
       "wall_seconds": time.monotonic() - t_start, "jax": jax.__version__,
-      "devices": f"{jax.device_count()} x {jax.devices()[0].platform}", "results": results}
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w", encoding="utf-8") as f:
+      "devices": f"{jax.device_count()} x {jax.devices()[0].platform}", "rows": rows,
+      "paired": paired(rows)}
+  write_report(report, args.out)
+
+
+def write_report(report: dict, out: str) -> None:
+  """Writes the JSON atomically and prints the tables."""
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  tmp = out + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
     json.dump(_finite(report), f, indent=1, allow_nan=False)
     f.write("\n")
-  print(table(results))
-  print(f"\nwall time {report['wall_seconds'] / 60:.1f} min; wrote {args.out}")
+  os.replace(tmp, out)                                                     # atomic
+  print(table(report["rows"]))
+  print("\npaired over seeds: mean of a - b (seeds where a is better)")
+  print(paired_table(report["paired"]))
+  print(f"\nwall time {report['wall_seconds'] / 60:.1f} min; wrote {out}")
 
 
 if __name__ == "__main__":

@@ -12,13 +12,18 @@
     returning scene looks like its first appearance);
   * `gt_distance_first` / `gt_distance_last`: the histogram distance of each generated chunk to the
     ground-truth chunk of the same caption (the toy renderer's), averaged over the first / last 10%
-    of the video: prompt fidelity at the start and at the end (its growth is drift).
+    of the video: prompt fidelity at the start and at the end (its growth is drift);
+  * `identity_return`: `toy_identity.returning_identity_error` (a returning scene's position-free
+    identity descriptor against its first chunk in the same video: memory, on the identity toy);
+  * `correct`: share of chunks whose background, sprite colour and shape match the caption
+    (`toy_fidelity`, the quickstart's check): sample quality.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from blockvid_jax.data import toy_fidelity, toy_grammar, toy_identity
 from blockvid_jax.evaluate import vde
 from blockvid_jax.evaluate.scorers import laplacian_variance
 
@@ -77,13 +82,23 @@ def gt_distances(frames: np.ndarray, reference: np.ndarray, frames_per_chunk: in
 
 
 def video_metrics(frames: np.ndarray, scene_ids: np.ndarray, frames_per_chunk: int,
-                  reference: np.ndarray) -> dict:
+                  reference: np.ndarray, captions=None, sprite_size: int = 0,
+                  objects=None) -> dict:
   """All statistics of one video uint8 [T, H, W, 3] with scene ids per generated chunk and the
-  ground-truth video `reference` (same shape)."""
+  ground-truth video `reference` (same shape); with the chunk `captions`, also `correct` (share of
+  chunks whose background, sprite colour and shape `toy_fidelity` recognises; the build's
+  `sprite_size` and `objects`)."""
   v, per_chunk = vde.video_vde(frames, sharpness, N_CHUNKS)
   gt = gt_distances(frames, reference, frames_per_chunk)                   # [C]
   k = max(len(gt) // N_CHUNKS, 1)
-  return {"vde_sharpness": v, "colour_drift": colour_drift(frames),
-          "return_distance": return_distance(frames, scene_ids, frames_per_chunk),
-          "gt_distance_first": float(gt[:k].mean()), "gt_distance_last": float(gt[-k:].mean()),
-          "sharpness_chunk1": per_chunk[0], "sharpness_last": per_chunk[-1]}
+  out = {"vde_sharpness": v, "colour_drift": colour_drift(frames),
+         "return_distance": return_distance(frames, scene_ids, frames_per_chunk),
+         "identity_return": toy_identity.returning_identity_error(
+             frames, scene_ids, frames_per_chunk)["mean"],
+         "gt_distance_first": float(gt[:k].mean()), "gt_distance_last": float(gt[-k:].mean()),
+         "sharpness_chunk1": per_chunk[0], "sharpness_last": per_chunk[-1]}
+  if captions is not None:
+    scores = toy_fidelity.video_scores(frames, [str(c) for c in captions], frames_per_chunk,
+                                       sprite_size, objects or toy_grammar.objects())
+    out["correct"] = scores["summary"]["correct"]
+  return out

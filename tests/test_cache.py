@@ -200,3 +200,36 @@ def test_cache_spec_errors():
     cache_spec(mode="dense")
   with pytest.raises(ConfigError, match="retrieve_top_l"):
     cache_spec(bank_slots=2, retrieve_top_l=3, k_salient=4)
+
+
+def _equations(jaxpr):
+  """Every equation of a (closed) jaxpr, nested sub-jaxprs included."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for v in eqn.params.values():
+      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          yield from _equations(inner)
+
+
+def test_write_selects_only_the_written_rows():
+  # In-place commits (issue 10): the sink / local / bank writes select between the new and the old
+  # rows of the written slot only; no select over a whole buffer (which keeps two copies alive).
+  cspec = cache_spec(sink_chunks=2, local_chunks=2, bank_slots=3, k_salient=4)
+  cache = kvc.init(cspec, 2)
+  write = lambda c, kv, p: kvc.write(cspec, c, kv, p)
+  jaxpr = jax.make_jaxpr(write)(cache, _fake_kv(cspec, 3, b=2), jnp.ones((2, 8), jnp.float32))
+  whole = {tuple(getattr(cache, n).shape) for n in ("sink_k", "sink_v", "local_k", "local_v",
+                                                     "bank_k", "bank_v", "bank_pos", "bank_tok")}
+  selects = [tuple(e.outvars[0].aval.shape) for e in _equations(jaxpr.jaxpr)
+             if e.primitive.name == "select_n"]
+  assert selects, "the conditional row writes are selects"
+  assert not whole & set(selects), f"whole-buffer selects: {whole & set(selects)}"
+  # ... and the result is the same as writing chunk by chunk (sink first, then the local ring).
+  for step in range(5):
+    cache = kvc.write(cspec, cache, _fake_kv(cspec, step, b=2, seed=step), jnp.ones((2, 8)))
+  kv = lambda s: np.asarray(_fake_kv(cspec, s, b=2, seed=s).k)
+  np.testing.assert_array_equal(np.asarray(cache.sink_k), np.concatenate([kv(0), kv(1)], axis=2))
+  np.testing.assert_array_equal(np.asarray(cache.local_k), np.concatenate([kv(4), kv(3)], axis=2))
+  assert np.asarray(cache.local_chunk).tolist() == [[4, 3], [4, 3]]

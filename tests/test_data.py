@@ -236,3 +236,29 @@ def test_video_folder_resizes_and_rejects_bad_config(tmp_path):
     video_folder_config(str(tmp_path / "missing"))
   with pytest.raises(ValueError):
     video_folder_config(str(tmp_path), chunks_per_window=0)
+
+
+def test_centre_start_makes_a_scenes_first_chunk_a_function_of_its_caption():
+  # The quickstart build (issue 15): with sprite_start="centre" the first chunk of a scene is the
+  # same in every video that opens it with the same caption (position, speed and, for bounces,
+  # direction fixed); with "random" starts the same caption opens differently.
+  def first_chunks(start):
+    build = toy_config(resolution=32, num_videos=64, use_digits=False, sprite_size=16,
+                       sprite_start=start)
+    seen = {}
+    for i in range(64):
+      ex = generate_video(build, "train", i)
+      firsts = {}
+      for c, s in enumerate(ex["scene_ids"].tolist()):
+        firsts.setdefault(s, c)
+      for s, c in firsts.items():
+        seen.setdefault(str(ex["captions"][c]), []).append(ex["frames"][c * 3:(c + 1) * 3])
+    return {cap: clips for cap, clips in seen.items() if len(clips) > 1}
+
+  centred = first_chunks("centre")
+  assert any("bounces" in cap for cap in centred), "the check needs a repeated bouncing scene"
+  for cap, clips in centred.items():
+    for clip in clips[1:]:
+      np.testing.assert_array_equal(clip, clips[0], err_msg=cap)
+  randomised = first_chunks("random")
+  assert any(not np.array_equal(c, clips[0]) for clips in randomised.values() for c in clips[1:])

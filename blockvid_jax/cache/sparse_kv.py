@@ -214,8 +214,23 @@ def choose_victim(spec: CacheSpec, cache: SparseKVCache, prompt: Array) -> Array
   return jnp.where(jnp.any(empty, axis=1), jnp.argmax(empty, axis=1), victim).astype(jnp.int32)
 
 
-def _write_rows(buf: Array, rows: Array, start, axis: int) -> Array:
-  return jax.lax.dynamic_update_slice_in_dim(buf, rows.astype(buf.dtype), start, axis=axis)
+def _write_rows(buf: Array, rows: Array, start, axis: int, on=True) -> Array:
+  """buf with `rows` written at `start` along `axis` where `on` ([] bool), in place: the select is
+  over the written rows only (the old rows read back), never over the whole buffer."""
+  rows = rows.astype(buf.dtype)
+  if on is not True:
+    old = jax.lax.dynamic_slice_in_dim(buf, start, rows.shape[axis], axis=axis)
+    rows = jnp.where(on, rows, old)
+  return jax.lax.dynamic_update_slice_in_dim(buf, rows, start, axis=axis)
+
+
+def _write_entry(buf: Array, val: Array, victim: Array, lead: int, on) -> Array:
+  """buf [*lead, B, n_bank, ...] with entry victim[b] of batch element b set to val [*lead, B, ...]
+  where `on` ([] bool): a scatter of B entries, no select over the bank."""
+  b = jnp.arange(victim.shape[0])
+  index = (slice(None),) * lead + (b, victim)
+  val = jnp.where(on, val.astype(buf.dtype), buf[index])
+  return buf.at[index].set(val)
 
 
 def write(spec: CacheSpec, cache: SparseKVCache, kv: ChunkKV, prompt: Array,
@@ -234,19 +249,19 @@ def write(spec: CacheSpec, cache: SparseKVCache, kv: ChunkKV, prompt: Array,
   new = cache.replace(step=c + 1)
   if spec.n_sink:
     slot = jnp.minimum(c, spec.n_sink - 1)
-    sink = dict(sink_k=_write_rows(cache.sink_k, kv.k, slot * tc, 2),
-                sink_v=_write_rows(cache.sink_v, kv.v, slot * tc, 2),
-                sink_pos=_write_rows(cache.sink_pos, kv.positions, slot * tc, 1),
-                sink_chunk=_write_rows(cache.sink_chunk, chunk_id, slot, 1))
-    new = new.replace(**{n: jnp.where(in_sink, a, getattr(cache, n)) for n, a in sink.items()})
+    new = new.replace(sink_k=_write_rows(cache.sink_k, kv.k, slot * tc, 2, in_sink),
+                      sink_v=_write_rows(cache.sink_v, kv.v, slot * tc, 2, in_sink),
+                      sink_pos=_write_rows(cache.sink_pos, kv.positions, slot * tc, 1, in_sink),
+                      sink_chunk=_write_rows(cache.sink_chunk, chunk_id, slot, 1, in_sink))
   slot = jnp.maximum(c - spec.n_sink, 0) % spec.n_local
-  local = dict(local_k=_write_rows(cache.local_k, kv.k, slot * tc, 2),
-               local_v=_write_rows(cache.local_v, kv.v, slot * tc, 2),
-               local_pos=_write_rows(cache.local_pos, kv.positions, slot * tc, 1),
-               local_chunk=_write_rows(cache.local_chunk, chunk_id, slot, 1))
+  to_local = ~in_sink
+  new = new.replace(local_k=_write_rows(cache.local_k, kv.k, slot * tc, 2, to_local),
+                    local_v=_write_rows(cache.local_v, kv.v, slot * tc, 2, to_local),
+                    local_pos=_write_rows(cache.local_pos, kv.positions, slot * tc, 1, to_local),
+                    local_chunk=_write_rows(cache.local_chunk, chunk_id, slot, 1, to_local))
   if spec.recache_on_switch and latent is not None:
-    local["local_latent"] = _write_rows(cache.local_latent, latent[:, None], slot, 1)
-  new = new.replace(**{n: jnp.where(in_sink, getattr(cache, n), a) for n, a in local.items()})
+    new = new.replace(local_latent=_write_rows(cache.local_latent, latent[:, None], slot, 1,
+                                               to_local))
   if spec.n_bank:
     if kv.saliency is None:
       raise ValueError("sparse cache writes need the chunk's saliency (collect_saliency=True)")
@@ -255,13 +270,11 @@ def write(spec: CacheSpec, cache: SparseKVCache, kv: ChunkKV, prompt: Array,
     pos = jnp.take_along_axis(jnp.broadcast_to(kv.positions[None], idx.shape[:2] + kv.positions.shape[1:]),
                               idx[..., None], axis=2)                        # [K, B, k, 3]
     victim = choose_victim(spec, cache, prompt)                              # [B]
-    hot = (jax.nn.one_hot(victim, spec.n_bank, dtype=bool) & ~in_sink)      # [B, nb]
-    put = lambda old, val, lead: jnp.where(hot.reshape((1,) * lead + hot.shape + (1,) * (old.ndim - lead - 2)),
-                                           jnp.expand_dims(val, lead + 1).astype(old.dtype), old)
+    put = lambda old, val, lead: _write_entry(old, val, victim, lead, to_local)
     new = new.replace(
         bank_k=put(cache.bank_k, take(kv.k), 1), bank_v=put(cache.bank_v, take(kv.v), 1),
         bank_pos=put(cache.bank_pos, pos, 1), bank_tok=put(cache.bank_tok, tok_ok, 1),
-        bank_emb=put(cache.bank_emb, prompt.astype(jnp.float32), 0),
+        bank_emb=put(cache.bank_emb, prompt, 0),
         bank_chunk=put(cache.bank_chunk, chunk_id[:, 0], 0),
         bank_usage=put(cache.bank_usage, jnp.ones((b,), jnp.float32), 0))
   return new
