@@ -217,32 +217,27 @@ def make_train_step(gen_spec: DiTSpec, teacher_spec: DiTSpec, rollout: SelfForci
         jax.random.fold_in(rng, VF_CLEAN), x_data, dict(batch, pooled=pooled),
         rollout.sampler.cache, fpc, rollout.sampler.sampler.context_t)
 
-    def dmd_loss(params):
+    def gen_loss(params):
       chunks = rollout.rollout(params, texts, roll_pooled, jax.random.fold_in(rng, ROLLOUT), exits)
       x = chunks_to_video(chunks)                                    # [B, F, H, W, C]
       l_dmd, aux = dmd.generator_loss(x, jax.random.fold_in(rng, DMD), real_x0, fake,
                                       t_min=s.t_min, t_max=s.t_max, shift=s.shift)
-      return l_dmd, dict(aux, dmd_loss=l_dmd,
-                         rollout_abs=jnp.mean(jnp.abs(jax.lax.stop_gradient(x))))
+      aux = dict(aux, dmd_loss=l_dmd)
+      total = l_dmd
+      if s.lambda_vf > 0:
+        k_t, k_eps = jax.random.split(jax.random.fold_in(rng, VF))
+        t = noise.training_times(k_t, b, n, fpc, kind=s.noise_kind, t_min_max=s.t_min_max,
+                                 t_max=s.noise_t_max, shift=s.noise_shift)   # [B, F]
+        eps = jax.random.normal(k_eps, x_data.shape, jnp.float32)
+        v = predict_velocity(gen_spec, params, flow.noisy(x_data, eps, t), t, context, "causal",
+                             **vf_context)
+        l_vf = velocity_forcing.loss(v, x_data, eps, *vf_retrieved, s.vf_gamma, s.vf_cond_mix)
+        aux["vf_loss"] = l_vf
+        total = total + s.lambda_vf * l_vf
+      aux["rollout_abs"] = jnp.mean(jnp.abs(jax.lax.stop_gradient(x)))
+      return total, aux
 
-    def vf_loss(params, x_data):
-      k_t, k_eps = jax.random.split(jax.random.fold_in(rng, VF))
-      t = noise.training_times(k_t, b, n, fpc, kind=s.noise_kind, t_min_max=s.t_min_max,
-                               t_max=s.noise_t_max, shift=s.noise_shift)     # [B, F]
-      eps = jax.random.normal(k_eps, x_data.shape, jnp.float32)
-      v = predict_velocity(gen_spec, params, flow.noisy(x_data, eps, t), t, context, "causal",
-                           **vf_context)
-      return velocity_forcing.loss(v, x_data, eps, *vf_retrieved, s.vf_gamma, s.vf_cond_mix)
-
-    # L = L_DMD + lambda_vf * L_VF as two gradients, the VF pass ordered after the DMD gradient
-    # (optimization barrier): the rollout's and the VF window's residuals are never alive together.
-    (loss, aux), grads = jax.value_and_grad(dmd_loss, has_aux=True)(state.params)
-    if s.lambda_vf > 0:
-      grads, x_vf = jax.lax.optimization_barrier((grads, x_data))
-      l_vf, g_vf = jax.value_and_grad(vf_loss)(state.params, x_vf)
-      grads = jax.tree_util.tree_map(lambda g, h: g + s.lambda_vf * h, grads, g_vf)
-      loss = loss + s.lambda_vf * l_vf
-      aux["vf_loss"] = l_vf
+    (loss, aux), grads = jax.value_and_grad(gen_loss, has_aux=True)(state.params)
     params, opt_state, ema = apply_update(gen_tx, state.params, state.opt_state, grads,
                                           state.ema_params, state.step, s.ema_decay,
                                           s.ema_start_step)
