@@ -13,8 +13,9 @@ token a v-predicting head of width 128 cannot reproduce the input noise, an x0 h
 loss is the MSE on x0 (`train.loss_weight="x0"`), which keeps the high noise levels in training.
 Sampling jumps to the predicted clean chunk and re-noises (8 x0 steps, the `dmd` solver): Euler
 steps of this small model let several tokens grow a sprite at once (several blobs per frame), the
-re-noised x0 jumps keep one. A scene's sprite starts centred (its first frame is a function of its
-caption) and the build has the four shapes only (no digits): at this size the model learns the
+re-noised x0 jumps keep one. A scene's sprite starts centred at the slow speed, a bouncing one
+moving down-right (its first chunk is a function of its caption: random speeds and directions drew
+blurred crosses) and the build has the four shapes only (no digits): at this size the model learns the
 scenes it has seen, so configs/toy_prompts.json uses scenes of the training build (issue 15 note).
 """
 
@@ -55,7 +56,7 @@ def get_config(arg: str = ""):
   c.data.num_videos = 64
   c.data.sprite_size = 16            # half the frame (default 8): the caption's sprite colour
                                      # and shape carry enough of the loss to be learnt in minutes
-  c.data.sprite_start = "centre"     # a scene's first frame follows from its caption
+  c.data.sprite_start = "centre"     # a scene's first chunk follows from its caption
   c.data.use_digits = False          # four shapes: each is seen 3.5x as often as with digits
 
   c.train.total_steps = 2800
