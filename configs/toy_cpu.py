@@ -48,7 +48,7 @@ def get_config(arg: str = ""):
   c.sample.solver = "dmd"            # x0 jumps + re-noise: one sprite per frame (Euler: blobs)
   c.sample.timesteps = (1000, 875, 750, 625, 500, 375, 250, 125)
   c.sample.guidance = 1.0            # CFG off (benchmarks/guidance_range.py, data in [-1, 0.88]:
-                                     # latents beyond +-1.05: 2.3% at 1, 20.9% at 3; no gain in
+                                     # latents beyond +-1.05: 2.1% at 1, 26.7% at 3; no gain in
                                      # recognition); text dropout kept for CFG experiments
 
   c.data.window_chunks = 4           # 12 latent frames per training window
