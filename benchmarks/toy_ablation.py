@@ -140,19 +140,17 @@ def reference_videos(config, num_chunks: int, seeds) -> list[dict]:
   return [generate_video(toy, "test", s) for s in seeds]
 
 
-def sample_setting(config, params, refs: list[dict], seeds) -> list:
+def sample_setting(config, spec, sampler, params, refs: list[dict], seeds) -> list:
   """One video per seed, all seeds in one batch (seed s: the captions of refs[s], noise of key
   seeds[0]): uint8 [T, H, W, 3] each."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from blockvid_jax import generate  # pylint: disable=import-outside-toplevel
-  spec, sampler = generate.build_sampler(config)
   encoder = generate.make_text_encoder(config, spec)
-  null_text = generate.encode_chunks(encoder, [""])[0][0]                  # [1, T, E]
+  null_text = generate.encode_chunks(encoder, [""])[0][0]                  # [1, T, E] (broadcast)
   encoded = [generate.encode_chunks(encoder, [str(c) for c in r["captions"]]) for r in refs]
   texts = np.concatenate([t for t, _ in encoded], axis=1)                  # [C, S, T, E]
   pooled = np.concatenate([p for _, p in encoded], axis=1)                 # [C, S, E]
-  null_text = np.repeat(null_text, len(refs), axis=0)                      # [S, T, E]
   chunks = [np.asarray(x) for _, x in sampler.stream(params, texts, pooled, jax.random.key(seeds[0]),
                                                      null_text=null_text)]
   latents = np.concatenate(chunks, axis=1)                                 # [S, F, H, W, C]
@@ -284,10 +282,10 @@ def main(argv=None):
       config.sample.num_steps = args.causal_steps
     sampler_name = (f"dmd {len(config.sample.timesteps)} steps" if config.sample.solver == "dmd"
                     else f"euler {config.sample.num_steps} steps")
-    spec, _ = generate.build_sampler(config)
+    spec, sampler = generate.build_sampler(config)
     _, params = init_from.load(wd, spec)
     t0 = time.monotonic()
-    videos = sample_setting(config, params, refs, seeds)
+    videos = sample_setting(config, spec, sampler, params, refs, seeds)
     sample_times[name] = time.monotonic() - t0
     per_seed = [metrics(v, r) for v, r in zip(videos, refs)]
     rows.append({"setting": name, "sampler": sampler_name, "model": model, "cache": cache_mode,
